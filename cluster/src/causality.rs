@@ -1,0 +1,1 @@
+//! Coordinator and replica rules for dots (STUB).

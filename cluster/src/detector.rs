@@ -1,0 +1,1 @@
+//! Phi-accrual failure detector (STUB).
