@@ -1,1 +1,255 @@
-//! Coordinator and replica rules for dots (STUB).
+//! How a coordinator picks the dot of a put, and how a replica stores an
+//! incoming state.
+//!
+//! Counters are per key, so a node whose copy of a key lost information
+//! could issue a dot that already names a different value on another
+//! replica, and one of the two acknowledged values would silently disappear
+//! in the next merge. A copy can lose information without the node noticing:
+//! it is wiped or corrupted and then refilled from an older replica, or an
+//! unclean stop loses its last writes. Three rules keep every dot unique:
+//!
+//! - Actors are `(node id, epoch)`. Epochs come from a node-wide counter that
+//!   never goes back ([`EpochSource`]).
+//! - Every local record of a key carries `gen`: the node's epoch counter when
+//!   the copy was created without being merged into a readable local copy (a
+//!   put onto a missing or unknown record, or an incoming state stored into
+//!   one). `gen` is local and never sent to other nodes.
+//! - After a start that follows an unclean stop, the node sets
+//!   `restart_mark` to its epoch counter.
+//!
+//! A coordinator continues its actor `(node, e)` for a key (with `e` the
+//! largest epoch of the node in the key's context) only if the local copy is
+//! present, `e > gen`, `e > restart_mark`, and the client's context has no
+//! counter of any actor of the node beyond what the local context covers.
+//! Otherwise it takes a fresh epoch. Any epoch greater than `gen` and the
+//! restart mark was handed out after this copy was created and after the last
+//! restart, so every earlier dot of that actor was issued from this very copy
+//! and its context covers them all.
+//!
+//! The functions here are pure: the caller holds the key's lock, reads the
+//! local record, calls one of them and writes the result back.
+
+use crate::version::{Actor, DecodeError, Dot, State, Value, VersionVector};
+use crate::NodeId;
+
+/// The local copy of a key as the node's storage returns it.
+#[derive(Clone, Debug)]
+pub enum LocalCopy {
+    /// No record for the key.
+    Missing,
+    /// A record exists but cannot be read (failed checksum or decoding). It
+    /// is never served and never counted as a reply toward R.
+    Unknown,
+    /// A readable record and its local `gen`.
+    Present { state: State, gen: u64 },
+}
+
+/// The node cannot hand out a fresh epoch, for example because its epoch
+/// record is unreadable.
+#[derive(Debug, thiserror::Error)]
+#[error("the epoch counter is unavailable; this node cannot coordinate puts")]
+pub struct EpochUnavailable;
+
+/// The node-wide epoch counter.
+pub trait EpochSource {
+    /// The node-wide epoch counter now (the largest epoch handed out so far, or the reserved floor after a restart). Never goes back.
+    fn current(&self) -> u64;
+    /// Hands out a new epoch, strictly greater than every earlier one.
+    fn fresh_epoch(&mut self) -> Result<u64, EpochUnavailable>;
+}
+
+/// The result of [`coordinate_put`]: the record to store and the dot issued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PutOutcome {
+    /// The new state of the key, to store locally and send to the replicas.
+    pub state: State,
+    /// The local `gen` to store with it.
+    pub gen: u64,
+    /// The dot of the new value.
+    pub dot: Dot,
+    /// Whether the put took a fresh epoch instead of continuing an actor.
+    pub fresh_epoch: bool,
+}
+
+/// Applies a client put at coordinator `node`.
+///
+/// The new state keeps the values of the local state whose dots the client
+/// context does not cover, adds the new dotted value, and has context
+/// local ⊔ client ⊔ {actor: counter}. The actor continues `(node, e)`, with
+/// `e` the largest epoch of `node` in the local context, only if the local
+/// copy is present, `e > gen`, `e > restart_mark`, and the client context has
+/// no counter of any actor of `node` beyond what the local context covers;
+/// otherwise the put takes a fresh epoch. A put onto a missing or unknown
+/// copy creates it with `gen = epochs.current()`, read before the fresh
+/// epoch is drawn so that the fresh epoch is greater than `gen`; a put onto a
+/// present copy keeps its `gen`.
+///
+/// Fails only when a fresh epoch is needed and `epochs` cannot hand one out.
+pub fn coordinate_put(
+    node: NodeId,
+    local: &LocalCopy,
+    client_context: &VersionVector,
+    value: Value,
+    epochs: &mut dyn EpochSource,
+    restart_mark: u64,
+) -> Result<PutOutcome, EpochUnavailable> {
+    let empty = State::new();
+    let (base, gen) = match local {
+        LocalCopy::Present { state, gen } => (state, *gen),
+        LocalCopy::Missing | LocalCopy::Unknown => (&empty, epochs.current()),
+    };
+
+    let continued = match local {
+        LocalCopy::Present { state, gen } => {
+            continuable_actor(node, state, *gen, restart_mark, client_context)
+        }
+        LocalCopy::Missing | LocalCopy::Unknown => None,
+    };
+    let (actor, fresh_epoch) = match continued {
+        Some(actor) => (actor, false),
+        None => {
+            let epoch = epochs.fresh_epoch()?;
+            (Actor { node, epoch }, true)
+        }
+    };
+
+    // A fresh actor is absent from both contexts, so its first dot is 1. The
+    // maximum of both contexts is taken anyway so that the new dot is never
+    // covered by the context it is written under.
+    let counter = base.context.get(&actor).max(client_context.get(&actor)) + 1;
+    let dot = Dot { actor, counter };
+
+    let mut state = State::new();
+    for (kept_dot, kept_value) in &base.values {
+        if !client_context.covers(kept_dot) {
+            state.values.insert(*kept_dot, kept_value.clone());
+        }
+    }
+    state.values.insert(dot, value);
+    state.context = base.context.clone();
+    state.context.join(client_context);
+    state.context.raise(actor, counter);
+
+    Ok(PutOutcome {
+        state,
+        gen,
+        dot,
+        fresh_epoch,
+    })
+}
+
+/// Returns the actor of `node` that a put may continue on this copy, or
+/// `None` when the put must take a fresh epoch.
+fn continuable_actor(
+    node: NodeId,
+    local: &State,
+    gen: u64,
+    restart_mark: u64,
+    client_context: &VersionVector,
+) -> Option<Actor> {
+    let actor = local
+        .context
+        .entries
+        .keys()
+        .filter(|actor| actor.node == node)
+        .max_by_key(|actor| actor.epoch)
+        .copied()?;
+    if actor.epoch <= gen || actor.epoch <= restart_mark {
+        return None;
+    }
+
+    // A client context ahead of the local copy on one of this node's actors
+    // means the copy lost writes that this node issued: continuing could
+    // issue one of their dots again.
+    let client_ahead = client_context
+        .entries
+        .iter()
+        .any(|(client_actor, &counter)| {
+            client_actor.node == node && counter > local.context.get(client_actor)
+        });
+    if client_ahead {
+        return None;
+    }
+    Some(actor)
+}
+
+/// The result of [`store_incoming`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// The state to store.
+    pub state: State,
+    /// The local `gen` to store with it.
+    pub gen: u64,
+    /// Whether the stored bytes differ from the record before; the caller
+    /// may skip the write when this is false.
+    pub changed: bool,
+    /// Dots that the local and incoming states held with different values
+    /// (see [`crate::version::Merged`]); the caller logs and counts them.
+    pub dot_conflicts: u32,
+}
+
+/// Stores an incoming state (replica write, read repair, hint delivery,
+/// anti-entropy). Into a present copy it merges and keeps `gen`. Into a
+/// missing or unknown copy it stores the incoming state as it is, with
+/// `gen = epoch_counter`, the node's epoch counter now, because the copy is
+/// refilled from another replica and may lack dots that this node issued.
+pub fn store_incoming(local: &LocalCopy, incoming: &State, epoch_counter: u64) -> Stored {
+    match local {
+        LocalCopy::Present { state, gen } => {
+            let merged = state.merge(incoming);
+            let changed = merged.state != *state;
+            Stored {
+                state: merged.state,
+                gen: *gen,
+                changed,
+                dot_conflicts: merged.dot_conflicts,
+            }
+        }
+        LocalCopy::Missing | LocalCopy::Unknown => Stored {
+            state: incoming.clone(),
+            gen: epoch_counter,
+            changed: true,
+            dot_conflicts: 0,
+        },
+    }
+}
+
+/// Format version byte that starts every local record encoding.
+pub const RECORD_FORMAT_VERSION: u8 = 1;
+
+/// Encodes the local record of a key: a format version byte, `gen` as a
+/// big-endian u64, then the canonical state encoding. `gen` is local, so
+/// only this record carries it, never the state sent to other nodes.
+pub fn encode_record(state: &State, gen: u64) -> Vec<u8> {
+    let encoded = state.encode();
+    let mut out = Vec::with_capacity(1 + 8 + encoded.len());
+    out.push(RECORD_FORMAT_VERSION);
+    out.extend_from_slice(&gen.to_be_bytes());
+    out.extend_from_slice(&encoded);
+    out
+}
+
+/// Decodes a record written by [`encode_record`]. Rejects, without
+/// panicking, an unknown record version, a truncated header and any state
+/// that [`State::decode`] rejects.
+pub fn decode_record(bytes: &[u8]) -> Result<(State, u64), DecodeError> {
+    let Some((&version, rest)) = bytes.split_first() else {
+        return Err(DecodeError::Invalid(
+            "empty record: expected a format version byte".to_string(),
+        ));
+    };
+    if version != RECORD_FORMAT_VERSION {
+        return Err(DecodeError::UnknownVersion(version));
+    }
+    if rest.len() < 8 {
+        return Err(DecodeError::Invalid(format!(
+            "truncated record: gen needs 8 bytes, {} left",
+            rest.len()
+        )));
+    }
+    let (gen_bytes, state_bytes) = rest.split_at(8);
+    let mut gen_array = [0u8; 8];
+    gen_array.copy_from_slice(gen_bytes);
+    let state = State::decode(state_bytes)?;
+    Ok((state, u64::from_be_bytes(gen_array)))
+}

@@ -1,7 +1,42 @@
-//! Dotted version vector sets (STUB: signatures are fixed).
+//! Dotted version vector sets: the state of one key, its merge and its
+//! canonical encoding.
+//!
+//! A [`State`] is a causal context (a [`VersionVector`], actor → counter,
+//! meaning "every event of this actor up to the counter has been seen") and a
+//! set of dotted values: each value or tombstone is tagged with the [`Dot`]
+//! of the write that created it. This is the dotted version vector set of
+//! Almeida et al., "Scalable and Accurate Causality Tracking for Eventually
+//! Consistent Stores" (2014).
+//!
+//! Invariants of a well-formed state, enforced by [`State::decode`]:
+//! - every dot lies inside the state's own context;
+//! - no context entry has counter 0.
+//!
+//! [`State::merge`] is a semilattice join on well-formed states (commutative,
+//! associative, idempotent) as long as a dot never names two different
+//! values. When it does, which only a bug or lost data can cause, the merge
+//! keeps the value with the larger digest so that replicas still converge,
+//! and reports the clash in [`Merged::dot_conflicts`].
+//!
+//! Canonical encoding (all integers big-endian, fixed width, so equal states
+//! give equal bytes and the bytes have exactly one decoding):
+//!
+//! ```text
+//! u8  format version (1)
+//! u32 context entry count, then per entry in ascending actor order:
+//!     u64 node, u64 epoch, u64 counter (>= 1)
+//! u32 value count, then per value in ascending dot order:
+//!     u64 node, u64 epoch, u64 counter, u8 kind (0 tombstone, 1 data),
+//!     and for data: u32 length, then the bytes
+//! ```
+//!
+//! Local fields such as a record's `gen` are not part of a state and never
+//! appear in this encoding.
 
+use crate::hash::digest128;
 use crate::NodeId;
 use std::collections::BTreeMap;
+use std::fmt;
 
 /// Errors decoding a stored or received state.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -45,4 +80,379 @@ pub enum Value {
 pub struct State {
     pub context: VersionVector,
     pub values: BTreeMap<Dot, Value>,
+}
+
+/// The result of [`State::merge`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Merged {
+    /// The joined state.
+    pub state: State,
+    /// Number of dots that the two states held with different values. Each
+    /// one is a bug or a sign of lost data, so callers log it and count it.
+    pub dot_conflicts: u32,
+}
+
+/// Format version byte that starts every canonical state encoding.
+pub const STATE_FORMAT_VERSION: u8 = 1;
+
+const KIND_TOMBSTONE: u8 = 0;
+const KIND_DATA: u8 = 1;
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}@{}", self.node, self.epoch)
+    }
+}
+
+impl fmt::Display for Dot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.actor, self.counter)
+    }
+}
+
+impl VersionVector {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Returns the counter of `actor`, 0 when the vector has no entry for it.
+    pub fn get(&self, actor: &Actor) -> u64 {
+        self.entries.get(actor).copied().unwrap_or(0)
+    }
+
+    /// Returns whether the vector has seen the write named by `dot`.
+    pub fn covers(&self, dot: &Dot) -> bool {
+        self.get(&dot.actor) >= dot.counter
+    }
+
+    /// Raises every counter to the maximum of the two vectors.
+    pub fn join(&mut self, other: &VersionVector) {
+        for (actor, &counter) in &other.entries {
+            let entry = self.entries.entry(*actor).or_insert(0);
+            if *entry < counter {
+                *entry = counter;
+            }
+        }
+    }
+
+    /// Raises the counter of `actor` to at least `counter`.
+    pub fn raise(&mut self, actor: Actor, counter: u64) {
+        if counter == 0 {
+            return;
+        }
+        let entry = self.entries.entry(actor).or_insert(0);
+        if *entry < counter {
+            *entry = counter;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Appends the canonical encoding: a u32 entry count, then node, epoch
+    /// and counter of each entry as big-endian u64 in ascending actor order.
+    /// Entries with counter 0 are left out, since they mean "nothing seen".
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let count = self
+            .entries
+            .values()
+            .filter(|&&counter| counter > 0)
+            .count();
+        out.extend_from_slice(&(count as u32).to_be_bytes());
+        for (actor, &counter) in &self.entries {
+            if counter == 0 {
+                continue;
+            }
+            out.extend_from_slice(&actor.node.to_be_bytes());
+            out.extend_from_slice(&actor.epoch.to_be_bytes());
+            out.extend_from_slice(&counter.to_be_bytes());
+        }
+    }
+
+    /// Reads one vector written by [`VersionVector::encode_into`] from the
+    /// front of `input` and advances `input` past it. Rejects truncated
+    /// input, actors out of ascending order or repeated, and zero counters.
+    pub fn decode_from(input: &mut &[u8]) -> Result<VersionVector, DecodeError> {
+        let mut reader = Reader { rest: input };
+        let vector = reader.version_vector()?;
+        *input = reader.rest;
+        Ok(vector)
+    }
+}
+
+impl State {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Joins two states: a dotted value is kept if both states hold it, or if
+    /// one holds it and the other's context does not cover its dot; the
+    /// context is the pointwise maximum. The same dot with different values
+    /// keeps the value with the larger digest and counts one conflict.
+    pub fn merge(&self, other: &State) -> Merged {
+        let mut context = self.context.clone();
+        context.join(&other.context);
+
+        let mut values = BTreeMap::new();
+        let mut dot_conflicts = 0u32;
+        for (dot, value) in &self.values {
+            match other.values.get(dot) {
+                Some(other_value) if other_value == value => {
+                    values.insert(*dot, value.clone());
+                }
+                Some(other_value) => {
+                    dot_conflicts = dot_conflicts.saturating_add(1);
+                    values.insert(*dot, pick_conflict_winner(value, other_value).clone());
+                }
+                None if !other.context.covers(dot) => {
+                    values.insert(*dot, value.clone());
+                }
+                None => {}
+            }
+        }
+        for (dot, value) in &other.values {
+            if !self.values.contains_key(dot) && !self.context.covers(dot) {
+                values.insert(*dot, value.clone());
+            }
+        }
+
+        Merged {
+            state: State { context, values },
+            dot_conflicts,
+        }
+    }
+
+    /// Returns the data values in dot order, tombstones left out.
+    pub fn live_values(&self) -> Vec<&[u8]> {
+        self.values
+            .values()
+            .filter_map(|value| match value {
+                Value::Data(bytes) => Some(bytes.as_slice()),
+                Value::Tombstone => None,
+            })
+            .collect()
+    }
+
+    /// Returns whether the state has values and all of them are tombstones.
+    pub fn is_tombstone_only(&self) -> bool {
+        !self.values.is_empty()
+            && self
+                .values
+                .values()
+                .all(|value| matches!(value, Value::Tombstone))
+    }
+
+    /// Returns whether the state has no live (data) value, so a read of it
+    /// reports the key as missing.
+    pub fn is_deleted_or_empty(&self) -> bool {
+        !self
+            .values
+            .values()
+            .any(|value| matches!(value, Value::Data(_)))
+    }
+
+    /// Returns the number of dotted values, tombstones included.
+    pub fn sibling_count(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Returns the sum of the lengths of the data values in bytes.
+    pub fn value_bytes(&self) -> usize {
+        self.values
+            .values()
+            .map(|value| match value {
+                Value::Data(bytes) => bytes.len(),
+                Value::Tombstone => 0,
+            })
+            .sum()
+    }
+
+    /// Returns the canonical encoding described in the module documentation.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + 4 + 24 * self.context.entries.len() + 4 + 64);
+        out.push(STATE_FORMAT_VERSION);
+        self.context.encode_into(&mut out);
+        out.extend_from_slice(&(self.values.len() as u32).to_be_bytes());
+        for (dot, value) in &self.values {
+            out.extend_from_slice(&dot.actor.node.to_be_bytes());
+            out.extend_from_slice(&dot.actor.epoch.to_be_bytes());
+            out.extend_from_slice(&dot.counter.to_be_bytes());
+            match value {
+                Value::Tombstone => out.push(KIND_TOMBSTONE),
+                Value::Data(bytes) => {
+                    out.push(KIND_DATA);
+                    // Values are capped far below 4 GiB when a put is
+                    // admitted, so the length always fits in a u32.
+                    let len = u32::try_from(bytes.len())
+                        .expect("a value longer than u32::MAX bytes cannot be encoded");
+                    out.extend_from_slice(&len.to_be_bytes());
+                    out.extend_from_slice(bytes);
+                }
+            }
+        }
+        out
+    }
+
+    /// Decodes a canonical encoding. Rejects, without panicking, an unknown
+    /// format version, truncated input, trailing bytes, actors or dots out of
+    /// ascending order or repeated, zero counters, unknown value kinds and
+    /// dots outside the state's own context.
+    pub fn decode(bytes: &[u8]) -> Result<State, DecodeError> {
+        let mut reader = Reader { rest: bytes };
+        let version = reader.u8("format version")?;
+        if version != STATE_FORMAT_VERSION {
+            return Err(DecodeError::UnknownVersion(version));
+        }
+        let state = reader.state_body()?;
+        if !reader.rest.is_empty() {
+            return Err(DecodeError::Invalid(format!(
+                "{} trailing bytes after the state",
+                reader.rest.len()
+            )));
+        }
+        Ok(state)
+    }
+
+    /// Returns the xxh3-128 digest of the key length (u64 big-endian), the
+    /// key and the canonical encoding, so equal states of a key hash equally.
+    pub fn digest(&self, key: &[u8]) -> u128 {
+        let encoded = self.encode();
+        let mut input = Vec::with_capacity(8 + key.len() + encoded.len());
+        input.extend_from_slice(&(key.len() as u64).to_be_bytes());
+        input.extend_from_slice(key);
+        input.extend_from_slice(&encoded);
+        digest128(&input)
+    }
+}
+
+/// Picks the value kept when two states hold one dot with different values:
+/// the larger digest, then the larger encoding if the digests tie, so the
+/// choice does not depend on the merge order.
+fn pick_conflict_winner<'a>(left: &'a Value, right: &'a Value) -> &'a Value {
+    let left_bytes = value_bytes_for_digest(left);
+    let right_bytes = value_bytes_for_digest(right);
+    let left_key = (digest128(&left_bytes), &left_bytes);
+    let right_key = (digest128(&right_bytes), &right_bytes);
+    if left_key >= right_key {
+        left
+    } else {
+        right
+    }
+}
+
+fn value_bytes_for_digest(value: &Value) -> Vec<u8> {
+    match value {
+        Value::Tombstone => vec![KIND_TOMBSTONE],
+        Value::Data(bytes) => {
+            let mut out = Vec::with_capacity(1 + bytes.len());
+            out.push(KIND_DATA);
+            out.extend_from_slice(bytes);
+            out
+        }
+    }
+}
+
+/// A cursor over untrusted bytes; every read checks the remaining length.
+struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, len: usize, what: &str) -> Result<&'a [u8], DecodeError> {
+        if self.rest.len() < len {
+            return Err(DecodeError::Invalid(format!(
+                "truncated: {what} needs {len} bytes, {} left",
+                self.rest.len()
+            )));
+        }
+        let (head, tail) = self.rest.split_at(len);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self, what: &str) -> Result<u8, DecodeError> {
+        Ok(self.take(1, what)?[0])
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, DecodeError> {
+        let bytes = self.take(4, what)?;
+        Ok(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64, DecodeError> {
+        let bytes = self.take(8, what)?;
+        let mut array = [0u8; 8];
+        array.copy_from_slice(bytes);
+        Ok(u64::from_be_bytes(array))
+    }
+
+    fn actor(&mut self) -> Result<Actor, DecodeError> {
+        let node = self.u64("actor node")?;
+        let epoch = self.u64("actor epoch")?;
+        Ok(Actor { node, epoch })
+    }
+
+    fn version_vector(&mut self) -> Result<VersionVector, DecodeError> {
+        let count = self.u32("context entry count")?;
+        let mut entries = BTreeMap::new();
+        let mut previous: Option<Actor> = None;
+        for _ in 0..count {
+            let actor = self.actor()?;
+            let counter = self.u64("context counter")?;
+            if previous.is_some_and(|previous| previous >= actor) {
+                return Err(DecodeError::Invalid(format!(
+                    "context actor {actor} is not in ascending order or repeats"
+                )));
+            }
+            if counter == 0 {
+                return Err(DecodeError::Invalid(format!(
+                    "context actor {actor} has counter 0"
+                )));
+            }
+            entries.insert(actor, counter);
+            previous = Some(actor);
+        }
+        Ok(VersionVector { entries })
+    }
+
+    fn state_body(&mut self) -> Result<State, DecodeError> {
+        let context = self.version_vector()?;
+        let count = self.u32("value count")?;
+        let mut values = BTreeMap::new();
+        let mut previous: Option<Dot> = None;
+        for _ in 0..count {
+            let actor = self.actor()?;
+            let counter = self.u64("dot counter")?;
+            let dot = Dot { actor, counter };
+            if previous.is_some_and(|previous| previous >= dot) {
+                return Err(DecodeError::Invalid(format!(
+                    "dot {dot} is not in ascending order or repeats"
+                )));
+            }
+            if counter == 0 {
+                return Err(DecodeError::Invalid(format!("dot {dot} has counter 0")));
+            }
+            if !context.covers(&dot) {
+                return Err(DecodeError::Invalid(format!(
+                    "dot {dot} lies outside the state's context"
+                )));
+            }
+            let value = match self.u8("value kind")? {
+                KIND_TOMBSTONE => Value::Tombstone,
+                KIND_DATA => {
+                    let len = self.u32("value length")? as usize;
+                    Value::Data(self.take(len, "value bytes")?.to_vec())
+                }
+                other => {
+                    return Err(DecodeError::Invalid(format!(
+                        "dot {dot} has unknown value kind {other}"
+                    )))
+                }
+            };
+            values.insert(dot, value);
+            previous = Some(dot);
+        }
+        Ok(State { context, values })
+    }
 }
