@@ -15,6 +15,7 @@
 //! - [`context`]: the opaque client context.
 
 pub mod causality;
+mod claim;
 pub mod context;
 pub mod detector;
 pub mod hash;

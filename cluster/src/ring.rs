@@ -1,7 +1,35 @@
-//! The partitioned ring (STUB: signatures are fixed, bodies to be written).
+//! The partitioned ring: Q equal partitions of the 64-bit hash space, each
+//! owned by one node, and the preference lists derived from it.
+//!
+//! A key belongs to the partition given by the top log2(Q) bits of its
+//! xxh3-64 hash. The preference list of a partition is its owner followed by
+//! the owners of the next partitions clockwise (wrapping from Q - 1 to 0),
+//! skipping nodes already listed. The walk stops at N distinct nodes or when
+//! every node of the ring is listed. That skip rule is the definition. The
+//! claim (`claim.rs`) also keeps any N consecutive partitions on distinct
+//! nodes from N + 1 nodes on, but no code here assumes it.
+//!
+//! The ring is a versioned document carried by gossip. Rings are ordered by
+//! (version, claimant), and the claimant bumps the version on every change.
+//!
+//! Invariants of a ring built by [`Ring::new`] and [`Ring::with_nodes_added`]
+//! or accepted by [`Ring::decode`]: Q is a power of two in 1..=65536,
+//! `owners.len() == Q`, N >= 1 and `tree_leaves >= 1`. The fields are public,
+//! so a hand-built ring can break them; the methods then stay panic-free but
+//! their results are meaningless.
 
+use crate::claim;
 use crate::NodeId;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Anti-entropy hash-tree leaves per partition of a new ring.
+pub const DEFAULT_TREE_LEAVES: u32 = 64;
+
+/// Largest number of partitions a ring may have.
+pub const MAX_PARTITIONS: u32 = 65536;
+
+/// Version byte that starts the binary encoding of a ring.
+const FORMAT_VERSION: u8 = 1;
 
 /// Errors of ring construction and decoding.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -34,14 +62,26 @@ pub struct Ring {
 impl Ring {
     /// Creates version 1 of a new cluster's ring with one node owning every
     /// partition.
+    ///
+    /// Fails with [`RingError::Invalid`] unless `partitions` is a power of
+    /// two in 1..=65536 and `replicas` is at least 1.
     pub fn new(
         cluster_id: String,
         partitions: u32,
         replicas: u32,
         first: NodeId,
     ) -> Result<Ring, RingError> {
-        let _ = (cluster_id, partitions, replicas, first);
-        todo!()
+        check_partitions(partitions).map_err(RingError::Invalid)?;
+        check_replicas(replicas).map_err(RingError::Invalid)?;
+        Ok(Ring {
+            cluster_id,
+            partitions,
+            replicas,
+            owners: vec![first; partitions as usize],
+            version: 1,
+            claimant: first,
+            tree_leaves: DEFAULT_TREE_LEAVES,
+        })
     }
 
     /// Partition of a user key.
@@ -49,10 +89,17 @@ impl Ring {
         crate::hash::partition_of(crate::hash::key_hash(key), self.partitions)
     }
 
-    /// Preference list of a partition by the skip rule.
+    /// Preference list of a partition by the skip rule: the owner of
+    /// `partition`, then the owners of the following partitions (wrapping),
+    /// skipping nodes already listed, until N distinct nodes or every node.
+    /// A partition outside the ring is taken modulo Q.
     pub fn preference_list(&self, partition: u32) -> Vec<NodeId> {
-        let _ = partition;
-        todo!()
+        let q = self.owners.len();
+        if q == 0 {
+            return Vec::new();
+        }
+        let length = (self.replicas as usize).min(self.nodes().len());
+        self.walk_from(partition as usize % q, length)
     }
 
     /// Preference list of a user key.
@@ -60,26 +107,70 @@ impl Ring {
         self.preference_list(self.partition_for_key(key))
     }
 
-    /// Distinct nodes that own at least one partition.
+    /// Distinct nodes that own at least one partition, sorted by id.
     pub fn nodes(&self) -> Vec<NodeId> {
-        todo!()
+        let distinct: BTreeSet<NodeId> = self.owners.iter().copied().collect();
+        distinct.into_iter().collect()
     }
 
     /// Partitions each node owns (is first in the preference list of).
     pub fn partitions_per_node(&self) -> BTreeMap<NodeId, u32> {
-        todo!()
+        let mut counts = BTreeMap::new();
+        for &owner in &self.owners {
+            *counts.entry(owner).or_insert(0) += 1;
+        }
+        counts
     }
 
     /// Preference lists each node appears in.
     pub fn replicas_per_node(&self) -> BTreeMap<NodeId, u32> {
-        todo!()
+        let mut counts = BTreeMap::new();
+        for list in self.preference_lists() {
+            for node in list {
+                *counts.entry(node).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    /// Preference lists of every partition, indexed by partition.
+    pub fn preference_lists(&self) -> Vec<Vec<NodeId>> {
+        let length = (self.replicas as usize).min(self.nodes().len());
+        (0..self.owners.len())
+            .map(|p| self.walk_from(p, length))
+            .collect()
     }
 
     /// Returns the next version of this ring with `joining` nodes added,
     /// claimed by `claimant`.
+    ///
+    /// Nodes join one after the other into the same version, in the order
+    /// given; ids already in the ring or repeated are skipped. The version
+    /// is bumped even when nothing changes. Up to N + 1 nodes the ring is
+    /// laid out afresh, and from then on each new node takes about Q / n
+    /// partitions from the most loaded owners, so nothing moves between old
+    /// nodes. The result is deterministic.
     pub fn with_nodes_added(&self, joining: &[NodeId], claimant: NodeId) -> Ring {
-        let _ = (joining, claimant);
-        todo!()
+        let mut next = self.clone();
+        next.version = self.version.saturating_add(1);
+        next.claimant = claimant;
+
+        let mut members: BTreeSet<NodeId> = self.owners.iter().copied().collect();
+        for &node in joining {
+            if !members.insert(node) {
+                continue;
+            }
+            let count = members.len();
+            if count <= self.replicas as usize + 1 {
+                let sorted: Vec<NodeId> = members.iter().copied().collect();
+                next.owners = claim::lay_out_fresh(self.partitions, self.replicas, &sorted);
+            } else {
+                let q = next.owners.len();
+                let share = (q + count / 2) / count;
+                claim::claim_incremental(&mut next.owners, self.replicas, node, share);
+            }
+        }
+        next
     }
 
     /// True when this ring is newer than `other`: ordered by (version, claimant).
@@ -87,14 +178,513 @@ impl Ring {
         (self.version, self.claimant) > (other.version, other.claimant)
     }
 
+    /// True when any N consecutive partitions (circularly) have distinct
+    /// owners, so every preference list is a plain window of N partitions.
+    pub fn keeps_spacing(&self) -> bool {
+        let spacing = self.replicas as usize;
+        (0..self.owners.len()).all(|p| !claim::violates_spacing(&self.owners, p, spacing))
+    }
+
     /// Encodes the ring, with a format version byte first.
+    ///
+    /// Layout (integers big-endian): format version (u8), cluster id length
+    /// (u16) and UTF-8 bytes, Q (u32), N (u32), version (u64), claimant
+    /// (u64), tree leaves (u32), the count of distinct owners (u32), their
+    /// ids (u64 each, sorted), then Q owner indexes into that list (u16
+    /// each, enough because there are at most 65536 distinct owners).
     pub fn encode(&self) -> Vec<u8> {
-        todo!()
+        let nodes = self.nodes();
+        let index: BTreeMap<NodeId, u16> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, &node)| (node, i as u16))
+            .collect();
+        let id = self.cluster_id.as_bytes();
+        let id = &id[..id.len().min(u16::MAX as usize)];
+
+        let mut out = Vec::with_capacity(35 + id.len() + nodes.len() * 8 + self.owners.len() * 2);
+        out.push(FORMAT_VERSION);
+        out.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        out.extend_from_slice(id);
+        out.extend_from_slice(&self.partitions.to_be_bytes());
+        out.extend_from_slice(&self.replicas.to_be_bytes());
+        out.extend_from_slice(&self.version.to_be_bytes());
+        out.extend_from_slice(&self.claimant.to_be_bytes());
+        out.extend_from_slice(&self.tree_leaves.to_be_bytes());
+        out.extend_from_slice(&(nodes.len() as u32).to_be_bytes());
+        for node in &nodes {
+            out.extend_from_slice(&node.to_be_bytes());
+        }
+        for owner in &self.owners {
+            out.extend_from_slice(&index[owner].to_be_bytes());
+        }
+        out
     }
 
     /// Decodes a ring written by [`Ring::encode`].
+    ///
+    /// Fails with [`RingError::Decode`] on an unknown format version,
+    /// truncated input, trailing bytes, a cluster id that is not UTF-8, an
+    /// invalid Q, N or tree-leaf count, a repeated or unused owner id, or an
+    /// owner index out of range. Never panics, whatever the bytes.
     pub fn decode(bytes: &[u8]) -> Result<Ring, RingError> {
-        let _ = bytes;
-        todo!()
+        let mut reader = Reader { bytes, offset: 0 };
+        let format = reader.u8("format version")?;
+        if format != FORMAT_VERSION {
+            return Err(RingError::Decode(format!(
+                "unknown format version {format}; this build reads version {FORMAT_VERSION}"
+            )));
+        }
+        let id_len = reader.u16("cluster id length")? as usize;
+        let id = reader.take(id_len, "cluster id")?;
+        let cluster_id = String::from_utf8(id.to_vec())
+            .map_err(|_| RingError::Decode("cluster id is not valid UTF-8".to_string()))?;
+        let partitions = reader.u32("partition count")?;
+        check_partitions(partitions).map_err(RingError::Decode)?;
+        let replicas = reader.u32("replica count")?;
+        check_replicas(replicas).map_err(RingError::Decode)?;
+        let version = reader.u64("ring version")?;
+        let claimant = reader.u64("claimant")?;
+        let tree_leaves = reader.u32("tree leaf count")?;
+        if tree_leaves == 0 {
+            return Err(RingError::Decode(
+                "tree leaf count is 0; it must be at least 1".to_string(),
+            ));
+        }
+
+        let node_count = reader.u32("owner count")? as usize;
+        if node_count == 0 || node_count > partitions as usize {
+            return Err(RingError::Decode(format!(
+                "owner count {node_count} is outside 1..={partitions} (the partition count)"
+            )));
+        }
+        let mut nodes = Vec::with_capacity(node_count);
+        for _ in 0..node_count {
+            nodes.push(reader.u64("owner id")?);
+        }
+        if nodes.windows(2).any(|pair| pair[0] >= pair[1]) {
+            return Err(RingError::Decode(
+                "owner ids are not strictly increasing".to_string(),
+            ));
+        }
+        let mut owners = Vec::with_capacity(partitions as usize);
+        let mut used = vec![false; node_count];
+        for partition in 0..partitions {
+            let index = reader.u16("owner index")? as usize;
+            let Some(&node) = nodes.get(index) else {
+                return Err(RingError::Decode(format!(
+                    "owner index {index} of partition {partition} is beyond the {node_count} owner ids"
+                )));
+            };
+            used[index] = true;
+            owners.push(node);
+        }
+        if let Some(unused) = used.iter().position(|&u| !u) {
+            return Err(RingError::Decode(format!(
+                "owner id {} owns no partition",
+                crate::format_node_id(nodes[unused])
+            )));
+        }
+        if reader.offset != bytes.len() {
+            return Err(RingError::Decode(format!(
+                "{} trailing bytes after the owner table",
+                bytes.len() - reader.offset
+            )));
+        }
+
+        Ok(Ring {
+            cluster_id,
+            partitions,
+            replicas,
+            owners,
+            version,
+            claimant,
+            tree_leaves,
+        })
+    }
+
+    /// Walks clockwise from partition `start` and collects the first
+    /// `length` distinct owners.
+    fn walk_from(&self, start: usize, length: usize) -> Vec<NodeId> {
+        let q = self.owners.len();
+        let mut list = Vec::with_capacity(length);
+        for step in 0..q {
+            if list.len() >= length {
+                break;
+            }
+            let owner = self.owners[(start + step) % q];
+            if !list.contains(&owner) {
+                list.push(owner);
+            }
+        }
+        list
+    }
+}
+
+fn check_partitions(partitions: u32) -> Result<(), String> {
+    if partitions == 0 || partitions > MAX_PARTITIONS || !partitions.is_power_of_two() {
+        return Err(format!(
+            "partition count {partitions} must be a power of two in 1..={MAX_PARTITIONS}"
+        ));
+    }
+    Ok(())
+}
+
+fn check_replicas(replicas: u32) -> Result<(), String> {
+    if replicas == 0 {
+        return Err("replica count 0 must be at least 1".to_string());
+    }
+    Ok(())
+}
+
+/// Bounds-checked big-endian reader over the encoded ring.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    offset: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, len: usize, what: &str) -> Result<&'a [u8], RingError> {
+        let end = self
+            .offset
+            .checked_add(len)
+            .filter(|&end| end <= self.bytes.len());
+        let Some(end) = end else {
+            return Err(RingError::Decode(format!(
+                "truncated input: {what} needs {len} bytes at offset {} but only {} remain",
+                self.offset,
+                self.bytes.len() - self.offset
+            )));
+        };
+        let slice = &self.bytes[self.offset..end];
+        self.offset = end;
+        Ok(slice)
+    }
+
+    fn array<const LEN: usize>(&mut self, what: &str) -> Result<[u8; LEN], RingError> {
+        let mut array = [0u8; LEN];
+        array.copy_from_slice(self.take(LEN, what)?);
+        Ok(array)
+    }
+
+    fn u8(&mut self, what: &str) -> Result<u8, RingError> {
+        Ok(self.array::<1>(what)?[0])
+    }
+
+    fn u16(&mut self, what: &str) -> Result<u16, RingError> {
+        Ok(u16::from_be_bytes(self.array(what)?))
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, RingError> {
+        Ok(u32::from_be_bytes(self.array(what)?))
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64, RingError> {
+        Ok(u64::from_be_bytes(self.array(what)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    const CLUSTER: &str = "00112233445566778899aabbccddeeff";
+
+    /// Node ids that are not in increasing order of joining, so tests do
+    /// not depend on joiners sorting last.
+    fn node_id(i: u64) -> NodeId {
+        i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
+    }
+
+    /// Rings of a cluster grown one node at a time, from 1 to `max_nodes`.
+    fn grow(partitions: u32, replicas: u32, max_nodes: u64) -> Vec<Ring> {
+        let first = node_id(0);
+        let mut rings =
+            vec![Ring::new(CLUSTER.to_string(), partitions, replicas, first).expect("valid ring")];
+        for i in 1..max_nodes {
+            let last = rings.last().expect("at least one ring");
+            rings.push(last.with_nodes_added(&[node_id(i)], first));
+        }
+        rings
+    }
+
+    fn list_sets(ring: &Ring) -> Vec<BTreeSet<NodeId>> {
+        ring.preference_lists()
+            .into_iter()
+            .map(|list| list.into_iter().collect())
+            .collect()
+    }
+
+    #[test]
+    fn new_rejects_bad_partition_counts() {
+        for partitions in [0, 3, 100, 131072] {
+            let error = Ring::new(CLUSTER.to_string(), partitions, 3, 1).unwrap_err();
+            let RingError::Invalid(message) = error else {
+                panic!("expected Invalid for {partitions}");
+            };
+            assert!(message.contains(&partitions.to_string()), "{message}");
+            assert!(message.contains("power of two"), "{message}");
+        }
+    }
+
+    #[test]
+    fn new_rejects_zero_replicas() {
+        let error = Ring::new(CLUSTER.to_string(), 256, 0, 1).unwrap_err();
+        assert!(matches!(error, RingError::Invalid(ref m) if m.contains("at least 1")));
+    }
+
+    #[test]
+    fn new_ring_has_one_owner() {
+        let ring = Ring::new(CLUSTER.to_string(), 1, 3, 7).expect("Q=1 is valid");
+        assert_eq!(ring.owners, vec![7]);
+        let ring = Ring::new(CLUSTER.to_string(), 65536, 3, 7).expect("Q=65536 is valid");
+        assert_eq!(ring.version, 1);
+        assert_eq!(ring.claimant, 7);
+        assert_eq!(ring.tree_leaves, DEFAULT_TREE_LEAVES);
+        assert_eq!(ring.nodes(), vec![7]);
+        assert_eq!(ring.preference_list(5), vec![7]);
+        assert_eq!(ring.partitions_per_node()[&7], 65536);
+    }
+
+    #[test]
+    fn preference_list_skips_repeats_and_wraps() {
+        let mut ring = Ring::new(CLUSTER.to_string(), 8, 3, 1).expect("valid ring");
+        ring.owners = vec![1, 1, 2, 1, 2, 3, 3, 4];
+        assert_eq!(ring.preference_list(0), vec![1, 2, 3]);
+        assert_eq!(ring.preference_list(4), vec![2, 3, 4]);
+        assert_eq!(ring.preference_list(6), vec![3, 4, 1]);
+        assert_eq!(ring.preference_list(7), vec![4, 1, 2]);
+        assert_eq!(ring.preference_list(15), vec![4, 1, 2]);
+    }
+
+    #[test]
+    fn preference_list_holds_every_node_when_fewer_than_n() {
+        let mut ring = Ring::new(CLUSTER.to_string(), 4, 3, 1).expect("valid ring");
+        ring.owners = vec![1, 2, 2, 2];
+        assert_eq!(ring.preference_list(1), vec![2, 1]);
+        assert_eq!(ring.replicas_per_node(), BTreeMap::from([(1, 4), (2, 4)]));
+        assert_eq!(ring.partitions_per_node(), BTreeMap::from([(1, 1), (2, 3)]));
+    }
+
+    #[test]
+    fn with_nodes_added_bumps_version_and_claimant() {
+        let ring = Ring::new(CLUSTER.to_string(), 64, 3, 5).expect("valid ring");
+        let next = ring.with_nodes_added(&[9, 9, 5], 9);
+        assert_eq!(next.version, 2);
+        assert_eq!(next.claimant, 9);
+        assert_eq!(next.nodes(), vec![5, 9]);
+        assert!(next.is_newer_than(&ring));
+    }
+
+    #[test]
+    fn growth_lists_hold_min_n_distinct_nodes() {
+        for (partitions, replicas) in [(256, 3), (64, 3), (256, 2), (256, 5), (64, 5), (128, 1)] {
+            for (i, ring) in grow(partitions, replicas, 20).iter().enumerate() {
+                let n = i + 1;
+                assert_eq!(ring.nodes().len(), n, "Q={partitions} N={replicas}");
+                let length = n.min(replicas as usize);
+                for (p, list) in ring.preference_lists().iter().enumerate() {
+                    let distinct: BTreeSet<_> = list.iter().collect();
+                    assert_eq!(
+                        list.len(),
+                        length,
+                        "Q={partitions} N={replicas} n={n} p={p}"
+                    );
+                    assert_eq!(
+                        distinct.len(),
+                        length,
+                        "Q={partitions} N={replicas} n={n} p={p}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn growth_keeps_spacing_from_n_plus_one() {
+        for (partitions, replicas) in [(256, 3), (64, 3), (256, 2), (256, 5), (64, 5)] {
+            for (i, ring) in grow(partitions, replicas, 20).iter().enumerate() {
+                let n = i + 1;
+                if n > replicas as usize {
+                    assert!(ring.keeps_spacing(), "Q={partitions} N={replicas} n={n}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn growth_balances_replicas_within_ten_percent() {
+        for (partitions, replicas) in [(256, 3), (256, 2), (256, 5), (1024, 3)] {
+            for (i, ring) in grow(partitions, replicas, 20).iter().enumerate() {
+                let n = i + 1;
+                if n <= replicas as usize {
+                    continue;
+                }
+                let mean = f64::from(partitions * replicas) / n as f64;
+                for (node, count) in ring.replicas_per_node() {
+                    let count = f64::from(count);
+                    assert!(
+                        count <= mean * 1.10 && count >= mean / 1.10,
+                        "Q={partitions} N={replicas} n={n}: node {node:x} holds {count} replicas, mean {mean:.1}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn growth_moves_replicas_only_to_new_node() {
+        for (partitions, replicas) in [(256, 3), (64, 3), (256, 2), (256, 5)] {
+            let rings = grow(partitions, replicas, 20);
+            for (i, pair) in rings.windows(2).enumerate() {
+                let new_node = node_id(i as u64 + 1);
+                let n = i + 2;
+                let before = list_sets(&pair[0]);
+                let after = list_sets(&pair[1]);
+                for (p, (old, new)) in before.iter().zip(&after).enumerate() {
+                    let context = format!("Q={partitions} N={replicas} n={n} p={p}");
+                    if old == new {
+                        continue;
+                    }
+                    assert!(
+                        new.contains(&new_node),
+                        "{context}: list changed without the new node"
+                    );
+                    let kept: BTreeSet<_> =
+                        new.iter().filter(|&&x| x != new_node).copied().collect();
+                    assert!(kept.is_subset(old), "{context}: an old node moved in");
+                    assert!(
+                        old.len() - kept.len() <= 1,
+                        "{context}: more than one old node dropped"
+                    );
+                }
+
+                let holders = replicas.min(n as u32);
+                let mean_share = f64::from(partitions * holders) / n as f64;
+                let received = f64::from(pair[1].replicas_per_node()[&new_node]);
+                assert!(
+                    (received - mean_share).abs() <= f64::from(replicas),
+                    "Q={partitions} N={replicas} n={n}: new node received {received}, expected about {mean_share:.1}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn join_of_several_nodes_matches_one_by_one() {
+        let first = node_id(0);
+        let start = Ring::new(CLUSTER.to_string(), 256, 3, first).expect("valid ring");
+        let joining: Vec<NodeId> = (1..8).map(node_id).collect();
+        let at_once = start.with_nodes_added(&joining, first);
+        let mut one_by_one = start.clone();
+        for &node in &joining {
+            one_by_one = one_by_one.with_nodes_added(&[node], first);
+        }
+        assert_eq!(at_once.owners, one_by_one.owners);
+        assert_eq!(at_once.version, 2);
+    }
+
+    #[test]
+    fn claim_is_deterministic() {
+        let a = grow(256, 3, 12);
+        let b = grow(256, 3, 12);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn four_nodes_n3_q256_is_round_robin() {
+        let ring = &grow(256, 3, 4)[3];
+        let counts = ring.partitions_per_node();
+        assert!(counts.values().all(|&c| c == 64), "{counts:?}");
+    }
+
+    #[test]
+    fn encode_round_trips() {
+        for ring in grow(256, 3, 9) {
+            let decoded = Ring::decode(&ring.encode()).expect("decodes");
+            assert_eq!(decoded, ring);
+        }
+        let ring = Ring::new(String::new(), 1, 1, u64::MAX).expect("valid ring");
+        assert_eq!(Ring::decode(&ring.encode()), Ok(ring));
+    }
+
+    #[test]
+    fn encode_is_compact() {
+        let ring = &grow(256, 3, 10)[9];
+        assert!(ring.encode().len() < 256 * 2 + 10 * 8 + 80);
+    }
+
+    #[test]
+    fn decode_rejects_unknown_format_version() {
+        let mut bytes = grow(64, 3, 3)[2].encode();
+        bytes[0] = 9;
+        let error = Ring::decode(&bytes).unwrap_err();
+        assert!(
+            matches!(error, RingError::Decode(ref m) if m.contains("unknown format version 9"))
+        );
+    }
+
+    #[test]
+    fn decode_rejects_every_truncation() {
+        let bytes = grow(64, 3, 5)[4].encode();
+        for len in 0..bytes.len() {
+            let error = Ring::decode(&bytes[..len]).unwrap_err();
+            assert!(
+                matches!(error, RingError::Decode(ref m) if m.contains("truncated")),
+                "length {len}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn decode_rejects_trailing_bytes() {
+        let mut bytes = grow(64, 3, 2)[1].encode();
+        bytes.push(0);
+        let error = Ring::decode(&bytes).unwrap_err();
+        assert!(matches!(error, RingError::Decode(ref m) if m.contains("trailing")));
+    }
+
+    #[test]
+    fn decode_rejects_bad_owner_index() {
+        let mut bytes = grow(64, 3, 2)[1].encode();
+        let last = bytes.len() - 1;
+        bytes[last] = 7;
+        let error = Ring::decode(&bytes).unwrap_err();
+        assert!(matches!(error, RingError::Decode(ref m) if m.contains("owner index 7")));
+    }
+
+    #[test]
+    fn decode_rejects_bad_partition_count() {
+        let ring = Ring::new(CLUSTER.to_string(), 4, 3, 1).expect("valid ring");
+        let mut bytes = ring.encode();
+        // Q sits after the version byte, the id length and the id.
+        let q_offset = 1 + 2 + CLUSTER.len();
+        bytes[q_offset..q_offset + 4].copy_from_slice(&3u32.to_be_bytes());
+        let error = Ring::decode(&bytes).unwrap_err();
+        assert!(matches!(error, RingError::Decode(ref m) if m.contains("partition count 3")));
+    }
+
+    proptest! {
+        #[test]
+        fn decode_of_random_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = Ring::decode(&bytes);
+        }
+
+        #[test]
+        fn decode_of_mutated_ring_never_panics(
+            position in 0usize..200,
+            value in any::<u8>(),
+            cut in 0usize..200,
+        ) {
+            let mut bytes = grow(16, 2, 4)[3].encode();
+            let position = position % bytes.len();
+            bytes[position] = value;
+            bytes.truncate(bytes.len() - cut.min(bytes.len()));
+            if let Ok(ring) = Ring::decode(&bytes) {
+                prop_assert_eq!(Ring::decode(&ring.encode()), Ok(ring));
+            }
+        }
     }
 }
