@@ -253,3 +253,404 @@ pub fn decode_record(bytes: &[u8]) -> Result<(State, u64), DecodeError> {
     let state = State::decode(state_bytes)?;
     Ok((state, u64::from_be_bytes(gen_array)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODE: NodeId = 0xb;
+    const OTHER: NodeId = 0xc;
+
+    /// An epoch counter in memory; `fail` makes `fresh_epoch` fail.
+    struct TestEpochs {
+        counter: u64,
+        fail: bool,
+    }
+
+    impl EpochSource for TestEpochs {
+        fn current(&self) -> u64 {
+            self.counter
+        }
+
+        fn fresh_epoch(&mut self) -> Result<u64, EpochUnavailable> {
+            if self.fail {
+                return Err(EpochUnavailable);
+            }
+            self.counter += 1;
+            Ok(self.counter)
+        }
+    }
+
+    fn epochs(counter: u64) -> TestEpochs {
+        TestEpochs {
+            counter,
+            fail: false,
+        }
+    }
+
+    fn actor(node: NodeId, epoch: u64) -> Actor {
+        Actor { node, epoch }
+    }
+
+    fn dot(node: NodeId, epoch: u64, counter: u64) -> Dot {
+        Dot {
+            actor: actor(node, epoch),
+            counter,
+        }
+    }
+
+    fn data(text: &str) -> Value {
+        Value::Data(text.as_bytes().to_vec())
+    }
+
+    fn vector(entries: &[(Actor, u64)]) -> VersionVector {
+        VersionVector {
+            entries: entries.iter().copied().collect(),
+        }
+    }
+
+    fn state(context: &[(Actor, u64)], values: &[(Dot, Value)]) -> State {
+        State {
+            context: vector(context),
+            values: values.iter().cloned().collect(),
+        }
+    }
+
+    fn present(state: State, gen: u64) -> LocalCopy {
+        LocalCopy::Present { state, gen }
+    }
+
+    #[test]
+    fn put_onto_missing_takes_fresh_epoch_above_gen() {
+        let mut source = epochs(4);
+
+        let outcome = coordinate_put(
+            NODE,
+            &LocalCopy::Missing,
+            &VersionVector::new(),
+            data("v1"),
+            &mut source,
+            0,
+        )
+        .expect("epochs available");
+
+        assert!(outcome.fresh_epoch);
+        assert_eq!(outcome.gen, 4);
+        assert_eq!(outcome.dot, dot(NODE, 5, 1));
+        assert_eq!(
+            outcome.state,
+            state(&[(actor(NODE, 5), 1)], &[(dot(NODE, 5, 1), data("v1"))])
+        );
+    }
+
+    #[test]
+    fn put_onto_unknown_takes_fresh_epoch_and_drops_nothing_known() {
+        let mut source = epochs(2);
+        let client = vector(&[(actor(OTHER, 1), 3)]);
+
+        let outcome = coordinate_put(
+            NODE,
+            &LocalCopy::Unknown,
+            &client,
+            data("v"),
+            &mut source,
+            0,
+        )
+        .expect("epochs available");
+
+        assert!(outcome.fresh_epoch);
+        assert_eq!(outcome.gen, 2);
+        assert_eq!(outcome.dot, dot(NODE, 3, 1));
+        assert_eq!(outcome.state.context.get(&actor(OTHER, 1)), 3);
+    }
+
+    #[test]
+    fn put_continues_actor_newer_than_gen_and_mark() {
+        let local = state(&[(actor(NODE, 5), 2)], &[(dot(NODE, 5, 2), data("v2"))]);
+        let mut source = epochs(9);
+
+        let outcome = coordinate_put(
+            NODE,
+            &present(local, 4),
+            &VersionVector::new(),
+            data("v3"),
+            &mut source,
+            3,
+        )
+        .expect("no epoch needed");
+
+        assert!(!outcome.fresh_epoch);
+        assert_eq!(outcome.gen, 4);
+        assert_eq!(outcome.dot, dot(NODE, 5, 3));
+        assert_eq!(outcome.state.live_values(), vec![&b"v2"[..], &b"v3"[..]]);
+        assert_eq!(source.counter, 9, "no epoch drawn");
+    }
+
+    #[test]
+    fn put_continues_largest_epoch_of_node() {
+        let local = state(&[(actor(NODE, 5), 2), (actor(NODE, 7), 1)], &[]);
+        let mut source = epochs(9);
+
+        let outcome = coordinate_put(
+            NODE,
+            &present(local, 1),
+            &VersionVector::new(),
+            data("v"),
+            &mut source,
+            0,
+        )
+        .expect("no epoch needed");
+
+        assert_eq!(outcome.dot, dot(NODE, 7, 2));
+    }
+
+    #[test]
+    fn put_takes_fresh_epoch_when_actor_not_above_gen() {
+        // The copy was refilled while the counter was 5, so actor epoch 5
+        // may have issued dots that the copy lacks.
+        let local = state(&[(actor(NODE, 5), 1)], &[(dot(NODE, 5, 1), data("v1"))]);
+        let mut source = epochs(6);
+
+        let outcome = coordinate_put(
+            NODE,
+            &present(local, 5),
+            &VersionVector::new(),
+            data("v3"),
+            &mut source,
+            0,
+        )
+        .expect("epochs available");
+
+        assert!(outcome.fresh_epoch);
+        assert_eq!(outcome.dot, dot(NODE, 7, 1));
+        assert_eq!(outcome.gen, 5);
+        assert_eq!(outcome.state.live_values(), vec![&b"v1"[..], &b"v3"[..]]);
+    }
+
+    #[test]
+    fn put_takes_fresh_epoch_when_actor_not_above_restart_mark() {
+        let local = state(&[(actor(NODE, 5), 1)], &[(dot(NODE, 5, 1), data("v1"))]);
+        let mut source = epochs(8);
+
+        let outcome = coordinate_put(
+            NODE,
+            &present(local, 0),
+            &VersionVector::new(),
+            data("v3"),
+            &mut source,
+            5,
+        )
+        .expect("epochs available");
+
+        assert!(outcome.fresh_epoch);
+        assert_eq!(outcome.dot, dot(NODE, 9, 1));
+    }
+
+    #[test]
+    fn put_takes_fresh_epoch_when_client_context_is_ahead() {
+        let local = state(&[(actor(NODE, 5), 1)], &[(dot(NODE, 5, 1), data("v1"))]);
+        let client = vector(&[(actor(NODE, 5), 2)]);
+        let mut source = epochs(6);
+
+        let outcome = coordinate_put(
+            NODE,
+            &present(local, 0),
+            &client,
+            data("v3"),
+            &mut source,
+            0,
+        )
+        .expect("epochs available");
+
+        assert!(outcome.fresh_epoch);
+        assert_eq!(outcome.dot, dot(NODE, 7, 1));
+        assert_eq!(outcome.state.live_values(), vec![&b"v3"[..]]);
+        assert_eq!(outcome.state.context.get(&actor(NODE, 5)), 2);
+    }
+
+    #[test]
+    fn put_takes_fresh_epoch_when_client_ahead_on_older_actor() {
+        // The client has seen more of an older actor of this node than the
+        // local copy: the copy lost something even though its newest actor
+        // could otherwise be continued.
+        let local = state(&[(actor(NODE, 3), 1), (actor(NODE, 5), 1)], &[]);
+        let client = vector(&[(actor(NODE, 3), 2)]);
+        let mut source = epochs(6);
+
+        let outcome = coordinate_put(NODE, &present(local, 0), &client, data("v"), &mut source, 0)
+            .expect("epochs available");
+
+        assert!(outcome.fresh_epoch);
+    }
+
+    #[test]
+    fn put_ignores_other_nodes_ahead_in_client_context() {
+        let local = state(&[(actor(NODE, 5), 1)], &[]);
+        let client = vector(&[(actor(OTHER, 1), 4)]);
+        let mut source = epochs(6);
+
+        let outcome = coordinate_put(NODE, &present(local, 0), &client, data("v"), &mut source, 0)
+            .expect("no epoch needed");
+
+        assert!(!outcome.fresh_epoch);
+        assert_eq!(outcome.dot, dot(NODE, 5, 2));
+    }
+
+    #[test]
+    fn put_takes_fresh_epoch_without_actor_of_node() {
+        let local = state(&[(actor(OTHER, 1), 1)], &[(dot(OTHER, 1, 1), data("x"))]);
+        let mut source = epochs(2);
+
+        let outcome = coordinate_put(
+            NODE,
+            &present(local, 0),
+            &VersionVector::new(),
+            data("v"),
+            &mut source,
+            0,
+        )
+        .expect("epochs available");
+
+        assert!(outcome.fresh_epoch);
+        assert_eq!(outcome.dot, dot(NODE, 3, 1));
+    }
+
+    #[test]
+    fn put_supersedes_exactly_covered_values() {
+        let local = state(
+            &[(actor(NODE, 5), 2), (actor(OTHER, 1), 1)],
+            &[
+                (dot(NODE, 5, 1), data("seen")),
+                (dot(NODE, 5, 2), data("unseen")),
+                (dot(OTHER, 1, 1), data("also seen")),
+            ],
+        );
+        let client = vector(&[(actor(NODE, 5), 1), (actor(OTHER, 1), 1)]);
+        let mut source = epochs(6);
+
+        let outcome = coordinate_put(
+            NODE,
+            &present(local, 0),
+            &client,
+            data("new"),
+            &mut source,
+            0,
+        )
+        .expect("no epoch needed");
+
+        assert_eq!(outcome.dot, dot(NODE, 5, 3));
+        assert_eq!(
+            outcome.state.live_values(),
+            vec![&b"unseen"[..], &b"new"[..]]
+        );
+        assert_eq!(
+            outcome.state.context,
+            vector(&[(actor(NODE, 5), 3), (actor(OTHER, 1), 1)])
+        );
+    }
+
+    #[test]
+    fn put_reports_unavailable_epochs() {
+        let mut source = TestEpochs {
+            counter: 1,
+            fail: true,
+        };
+
+        let result = coordinate_put(
+            NODE,
+            &LocalCopy::Missing,
+            &VersionVector::new(),
+            data("v"),
+            &mut source,
+            0,
+        );
+
+        let error = result.expect_err("a fresh epoch was needed");
+        assert_eq!(
+            error.to_string(),
+            "the epoch counter is unavailable; this node cannot coordinate puts"
+        );
+    }
+
+    #[test]
+    fn store_into_present_merges_and_keeps_gen() {
+        let local = state(&[(actor(NODE, 5), 1)], &[(dot(NODE, 5, 1), data("v1"))]);
+        let incoming = state(&[(actor(OTHER, 1), 1)], &[(dot(OTHER, 1, 1), data("v2"))]);
+
+        let stored = store_incoming(&present(local.clone(), 3), &incoming, 9);
+
+        assert_eq!(stored.gen, 3);
+        assert!(stored.changed);
+        assert_eq!(stored.dot_conflicts, 0);
+        assert_eq!(stored.state, local.merge(&incoming).state);
+    }
+
+    #[test]
+    fn store_of_known_state_is_unchanged() {
+        let local = state(&[(actor(NODE, 5), 2)], &[(dot(NODE, 5, 2), data("v2"))]);
+        let older = state(&[(actor(NODE, 5), 1)], &[(dot(NODE, 5, 1), data("v1"))]);
+
+        let stored = store_incoming(&present(local.clone(), 3), &older, 9);
+
+        assert!(!stored.changed);
+        assert_eq!(stored.state, local);
+    }
+
+    #[test]
+    fn store_counts_dot_conflicts() {
+        let local = state(&[(actor(NODE, 5), 1)], &[(dot(NODE, 5, 1), data("a"))]);
+        let incoming = state(&[(actor(NODE, 5), 1)], &[(dot(NODE, 5, 1), data("b"))]);
+
+        let stored = store_incoming(&present(local, 0), &incoming, 9);
+
+        assert_eq!(stored.dot_conflicts, 1);
+    }
+
+    #[test]
+    fn store_into_missing_or_unknown_sets_gen_to_counter() {
+        let incoming = state(&[(actor(NODE, 5), 1)], &[(dot(NODE, 5, 1), data("v1"))]);
+
+        for local in [LocalCopy::Missing, LocalCopy::Unknown] {
+            let stored = store_incoming(&local, &incoming, 9);
+
+            assert_eq!(stored.gen, 9, "{local:?}");
+            assert!(stored.changed, "{local:?}");
+            assert_eq!(stored.state, incoming, "{local:?}");
+        }
+    }
+
+    #[test]
+    fn record_round_trips_with_gen() {
+        let original = state(
+            &[(actor(NODE, 5), 1)],
+            &[(dot(NODE, 5, 1), Value::Tombstone)],
+        );
+
+        let bytes = encode_record(&original, 42);
+
+        assert_eq!(decode_record(&bytes), Ok((original.clone(), 42)));
+        assert_eq!(&bytes[9..], original.encode().as_slice());
+    }
+
+    #[test]
+    fn decode_record_rejects_bad_input() {
+        let bytes = encode_record(&State::new(), 1);
+        for len in 0..bytes.len() {
+            assert!(
+                decode_record(&bytes[..len]).is_err(),
+                "prefix of {len} bytes"
+            );
+        }
+
+        let mut wrong_version = bytes.clone();
+        wrong_version[0] = 2;
+        assert_eq!(
+            decode_record(&wrong_version),
+            Err(DecodeError::UnknownVersion(2))
+        );
+
+        let mut trailing = bytes;
+        trailing.push(0);
+        assert!(decode_record(&trailing).is_err());
+    }
+}

@@ -80,3 +80,100 @@ pub fn decode_context(key: &[u8], bytes: &[u8]) -> Result<VersionVector, Context
     }
     Ok(vector)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::version::Actor;
+    use proptest::prelude::*;
+
+    fn sample_vector() -> VersionVector {
+        let mut vector = VersionVector::new();
+        vector.raise(
+            Actor {
+                node: 0xb,
+                epoch: 1,
+            },
+            2,
+        );
+        vector.raise(
+            Actor {
+                node: 0xc,
+                epoch: 4,
+            },
+            1,
+        );
+        vector
+    }
+
+    #[test]
+    fn context_round_trips() {
+        let bytes = encode_context(b"key", &sample_vector());
+
+        assert_eq!(decode_context(b"key", &bytes), Ok(sample_vector()));
+        assert_eq!(bytes[0], CONTEXT_FORMAT_VERSION);
+    }
+
+    #[test]
+    fn empty_bytes_decode_to_empty_vector() {
+        assert_eq!(decode_context(b"key", b""), Ok(VersionVector::new()));
+    }
+
+    #[test]
+    fn empty_vector_round_trips() {
+        let bytes = encode_context(b"key", &VersionVector::new());
+
+        assert_eq!(decode_context(b"key", &bytes), Ok(VersionVector::new()));
+    }
+
+    #[test]
+    fn context_of_other_key_is_rejected() {
+        let bytes = encode_context(b"key", &sample_vector());
+
+        let error = decode_context(b"other", &bytes).expect_err("wrong key");
+
+        assert_eq!(error, ContextError::WrongKey);
+        assert_eq!(
+            error.to_string(),
+            "context was issued for another key; read this key and use the context returned"
+        );
+    }
+
+    #[test]
+    fn unknown_version_is_rejected() {
+        let mut bytes = encode_context(b"key", &sample_vector());
+        bytes[0] = 7;
+
+        let error = decode_context(b"key", &bytes).expect_err("unknown version");
+
+        assert_eq!(error, ContextError::UnknownVersion { version: 7 });
+        assert!(error.to_string().starts_with("invalid context: "));
+    }
+
+    #[test]
+    fn truncated_and_trailing_bytes_are_malformed() {
+        let bytes = encode_context(b"key", &sample_vector());
+        for len in 1..bytes.len() {
+            let result = decode_context(b"key", &bytes[..len]);
+            assert!(
+                matches!(result, Err(ContextError::Malformed { .. })),
+                "prefix of {len} bytes gave {result:?}"
+            );
+        }
+
+        let mut trailing = bytes;
+        trailing.push(0);
+        let error = decode_context(b"key", &trailing).expect_err("trailing byte");
+        assert!(matches!(error, ContextError::Malformed { .. }));
+        assert!(error
+            .to_string()
+            .starts_with("invalid context: 1 trailing bytes"));
+    }
+
+    proptest! {
+        #[test]
+        fn decode_random_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..96)) {
+            let _ = decode_context(b"key", &bytes);
+        }
+    }
+}

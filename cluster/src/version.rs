@@ -456,3 +456,396 @@ impl<'a> Reader<'a> {
         Ok(State { context, values })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const NODE_A: NodeId = 0xa;
+    const NODE_B: NodeId = 0xb;
+
+    fn actor(node: NodeId, epoch: u64) -> Actor {
+        Actor { node, epoch }
+    }
+
+    fn dot(node: NodeId, epoch: u64, counter: u64) -> Dot {
+        Dot {
+            actor: actor(node, epoch),
+            counter,
+        }
+    }
+
+    fn data(text: &str) -> Value {
+        Value::Data(text.as_bytes().to_vec())
+    }
+
+    /// Builds a state from context entries and dotted values.
+    fn state(context: &[(Actor, u64)], values: &[(Dot, Value)]) -> State {
+        State {
+            context: VersionVector {
+                entries: context.iter().copied().collect(),
+            },
+            values: values.iter().cloned().collect(),
+        }
+    }
+
+    #[test]
+    fn version_vector_get_covers_join() {
+        let mut left = VersionVector::new();
+        left.raise(actor(NODE_A, 1), 3);
+        let mut right = VersionVector::new();
+        right.raise(actor(NODE_A, 1), 2);
+        right.raise(actor(NODE_B, 1), 5);
+
+        left.join(&right);
+
+        assert_eq!(left.get(&actor(NODE_A, 1)), 3);
+        assert_eq!(left.get(&actor(NODE_B, 1)), 5);
+        assert_eq!(left.get(&actor(NODE_B, 2)), 0);
+        assert!(left.covers(&dot(NODE_A, 1, 3)));
+        assert!(!left.covers(&dot(NODE_A, 1, 4)));
+        assert!(!left.covers(&dot(NODE_A, 2, 1)));
+        assert!(!left.is_empty());
+        assert!(VersionVector::new().is_empty());
+    }
+
+    #[test]
+    fn version_vector_round_trips_and_advances() {
+        let mut vector = VersionVector::new();
+        vector.raise(actor(NODE_B, 7), 2);
+        vector.raise(actor(NODE_A, 1), 9);
+        let mut bytes = Vec::new();
+        vector.encode_into(&mut bytes);
+        bytes.extend_from_slice(b"tail");
+
+        let mut input = bytes.as_slice();
+        let decoded = VersionVector::decode_from(&mut input).expect("valid vector");
+
+        assert_eq!(decoded, vector);
+        assert_eq!(input, b"tail");
+    }
+
+    #[test]
+    fn merge_keeps_value_held_by_both() {
+        let shared = state(&[(actor(NODE_A, 1), 1)], &[(dot(NODE_A, 1, 1), data("v1"))]);
+
+        let merged = shared.merge(&shared);
+
+        assert_eq!(merged.state, shared);
+        assert_eq!(merged.dot_conflicts, 0);
+    }
+
+    #[test]
+    fn merge_drops_value_covered_by_other_context() {
+        let old = state(&[(actor(NODE_A, 1), 1)], &[(dot(NODE_A, 1, 1), data("v1"))]);
+        let newer = state(&[(actor(NODE_A, 1), 2)], &[(dot(NODE_A, 1, 2), data("v2"))]);
+
+        let merged = old.merge(&newer);
+
+        assert_eq!(merged.state, newer);
+        assert_eq!(newer.merge(&old).state, newer);
+    }
+
+    #[test]
+    fn merge_keeps_concurrent_values_as_siblings() {
+        let left = state(&[(actor(NODE_A, 1), 1)], &[(dot(NODE_A, 1, 1), data("a"))]);
+        let right = state(&[(actor(NODE_B, 1), 1)], &[(dot(NODE_B, 1, 1), data("b"))]);
+
+        let merged = left.merge(&right).state;
+
+        assert_eq!(merged.live_values(), vec![&b"a"[..], &b"b"[..]]);
+        assert_eq!(merged.context.get(&actor(NODE_A, 1)), 1);
+        assert_eq!(merged.context.get(&actor(NODE_B, 1)), 1);
+    }
+
+    #[test]
+    fn merge_dot_conflict_keeps_larger_digest_in_both_orders() {
+        let left = state(
+            &[(actor(NODE_A, 1), 1)],
+            &[(dot(NODE_A, 1, 1), data("left"))],
+        );
+        let right = state(
+            &[(actor(NODE_A, 1), 1)],
+            &[(dot(NODE_A, 1, 1), data("right"))],
+        );
+
+        let forward = left.merge(&right);
+        let backward = right.merge(&left);
+
+        assert_eq!(forward.dot_conflicts, 1);
+        assert_eq!(backward.dot_conflicts, 1);
+        assert_eq!(forward.state, backward.state);
+        let winner = if digest128(b"\x01left") >= digest128(b"\x01right") {
+            data("left")
+        } else {
+            data("right")
+        };
+        assert_eq!(forward.state.values.get(&dot(NODE_A, 1, 1)), Some(&winner));
+    }
+
+    #[test]
+    fn state_predicates_and_sizes() {
+        let empty = State::new();
+        assert!(empty.is_deleted_or_empty());
+        assert!(!empty.is_tombstone_only());
+        assert_eq!(empty.sibling_count(), 0);
+
+        let deleted = state(
+            &[(actor(NODE_A, 1), 1)],
+            &[(dot(NODE_A, 1, 1), Value::Tombstone)],
+        );
+        assert!(deleted.is_deleted_or_empty());
+        assert!(deleted.is_tombstone_only());
+        assert_eq!(deleted.sibling_count(), 1);
+        assert!(deleted.live_values().is_empty());
+
+        let mixed = state(
+            &[(actor(NODE_A, 1), 3)],
+            &[
+                (dot(NODE_A, 1, 1), data("abc")),
+                (dot(NODE_A, 1, 2), Value::Tombstone),
+                (dot(NODE_A, 1, 3), data("de")),
+            ],
+        );
+        assert!(!mixed.is_deleted_or_empty());
+        assert!(!mixed.is_tombstone_only());
+        assert_eq!(mixed.sibling_count(), 3);
+        assert_eq!(mixed.value_bytes(), 5);
+        assert_eq!(mixed.live_values(), vec![&b"abc"[..], &b"de"[..]]);
+    }
+
+    #[test]
+    fn display_shows_hex_node_epoch_counter() {
+        let named = dot(0x1a2b3c4d5e6f7081, 3, 7);
+        assert_eq!(named.actor.to_string(), "1a2b3c4d5e6f7081@3");
+        assert_eq!(named.to_string(), "1a2b3c4d5e6f7081@3.7");
+        assert_eq!(actor(1, 0).to_string(), "0000000000000001@0");
+    }
+
+    #[test]
+    fn encode_has_exact_layout() {
+        let one = state(&[(actor(1, 2), 1)], &[(dot(1, 2, 1), data("x"))]);
+        let mut expected = vec![STATE_FORMAT_VERSION];
+        expected.extend_from_slice(&1u32.to_be_bytes());
+        expected.extend_from_slice(&1u64.to_be_bytes());
+        expected.extend_from_slice(&2u64.to_be_bytes());
+        expected.extend_from_slice(&1u64.to_be_bytes());
+        expected.extend_from_slice(&1u32.to_be_bytes());
+        expected.extend_from_slice(&1u64.to_be_bytes());
+        expected.extend_from_slice(&2u64.to_be_bytes());
+        expected.extend_from_slice(&1u64.to_be_bytes());
+        expected.push(KIND_DATA);
+        expected.extend_from_slice(&1u32.to_be_bytes());
+        expected.push(b'x');
+
+        assert_eq!(one.encode(), expected);
+    }
+
+    #[test]
+    fn encode_leaves_out_zero_counters() {
+        let mut with_zero = state(&[(actor(NODE_A, 1), 1)], &[]);
+        with_zero.context.entries.insert(actor(NODE_B, 1), 0);
+        let without_zero = state(&[(actor(NODE_A, 1), 1)], &[]);
+
+        assert_eq!(with_zero.encode(), without_zero.encode());
+        assert_eq!(State::decode(&with_zero.encode()), Ok(without_zero));
+    }
+
+    #[test]
+    fn decode_round_trips_tombstones_and_empty_values() {
+        let original = state(
+            &[(actor(NODE_A, 1), 2), (actor(NODE_B, 4), 1)],
+            &[
+                (dot(NODE_A, 1, 1), Value::Tombstone),
+                (dot(NODE_A, 1, 2), data("")),
+                (dot(NODE_B, 4, 1), data("value")),
+            ],
+        );
+
+        assert_eq!(State::decode(&original.encode()), Ok(original.clone()));
+        assert_eq!(State::decode(&State::new().encode()), Ok(State::new()));
+    }
+
+    #[test]
+    fn decode_rejects_every_truncation() {
+        let original = state(
+            &[(actor(NODE_A, 1), 2)],
+            &[
+                (dot(NODE_A, 1, 1), Value::Tombstone),
+                (dot(NODE_A, 1, 2), data("abc")),
+            ],
+        );
+        let bytes = original.encode();
+        for len in 0..bytes.len() {
+            assert!(
+                State::decode(&bytes[..len]).is_err(),
+                "prefix of {len} bytes decoded"
+            );
+        }
+    }
+
+    #[test]
+    fn decode_rejects_unknown_version_and_trailing_bytes() {
+        let mut bytes = State::new().encode();
+        bytes[0] = 9;
+        assert_eq!(State::decode(&bytes), Err(DecodeError::UnknownVersion(9)));
+
+        let mut bytes = State::new().encode();
+        bytes.push(0);
+        assert!(matches!(
+            State::decode(&bytes),
+            Err(DecodeError::Invalid(_))
+        ));
+    }
+
+    /// Writes a raw state encoding with no checks, for the rejection tests.
+    fn raw_state(context: &[(u64, u64, u64)], values: &[(u64, u64, u64, Option<&str>)]) -> Vec<u8> {
+        let mut out = vec![STATE_FORMAT_VERSION];
+        out.extend_from_slice(&(context.len() as u32).to_be_bytes());
+        for &(node, epoch, counter) in context {
+            out.extend_from_slice(&node.to_be_bytes());
+            out.extend_from_slice(&epoch.to_be_bytes());
+            out.extend_from_slice(&counter.to_be_bytes());
+        }
+        out.extend_from_slice(&(values.len() as u32).to_be_bytes());
+        for &(node, epoch, counter, value) in values {
+            out.extend_from_slice(&node.to_be_bytes());
+            out.extend_from_slice(&epoch.to_be_bytes());
+            out.extend_from_slice(&counter.to_be_bytes());
+            match value {
+                None => out.push(KIND_TOMBSTONE),
+                Some(text) => {
+                    out.push(KIND_DATA);
+                    out.extend_from_slice(&(text.len() as u32).to_be_bytes());
+                    out.extend_from_slice(text.as_bytes());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn decode_rejects_malformed_entries() {
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("unsorted actors", raw_state(&[(2, 1, 1), (1, 1, 1)], &[])),
+            ("duplicate actors", raw_state(&[(1, 1, 1), (1, 1, 2)], &[])),
+            ("zero counter", raw_state(&[(1, 1, 0)], &[])),
+            (
+                "unsorted dots",
+                raw_state(&[(1, 1, 2)], &[(1, 1, 2, None), (1, 1, 1, None)]),
+            ),
+            (
+                "duplicate dots",
+                raw_state(&[(1, 1, 2)], &[(1, 1, 1, None), (1, 1, 1, None)]),
+            ),
+            (
+                "dot beyond context",
+                raw_state(&[(1, 1, 1)], &[(1, 1, 2, Some("x"))]),
+            ),
+            (
+                "dot of unknown actor",
+                raw_state(&[(1, 1, 1)], &[(2, 1, 1, Some("x"))]),
+            ),
+            (
+                "zero dot counter",
+                raw_state(&[(1, 1, 1)], &[(1, 1, 0, None)]),
+            ),
+        ];
+        for (name, bytes) in cases {
+            assert!(
+                matches!(State::decode(&bytes), Err(DecodeError::Invalid(_))),
+                "{name} was accepted"
+            );
+        }
+
+        let mut unknown_kind = raw_state(&[(1, 1, 1)], &[(1, 1, 1, None)]);
+        let last = unknown_kind.len() - 1;
+        unknown_kind[last] = 7;
+        assert!(matches!(
+            State::decode(&unknown_kind),
+            Err(DecodeError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn digest_depends_on_key_and_state() {
+        let one = state(&[(actor(NODE_A, 1), 1)], &[(dot(NODE_A, 1, 1), data("v"))]);
+        let other = state(&[(actor(NODE_A, 1), 1)], &[(dot(NODE_A, 1, 1), data("w"))]);
+
+        assert_eq!(one.digest(b"key"), one.clone().digest(b"key"));
+        assert_ne!(one.digest(b"key"), one.digest(b"other"));
+        assert_ne!(one.digest(b"key"), other.digest(b"key"));
+        // The key length is hashed, so moving bytes between key and state
+        // cannot produce the same input.
+        assert_ne!(State::new().digest(b""), State::new().digest(b"\x01"));
+    }
+
+    fn arb_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Tombstone),
+            proptest::collection::vec(any::<u8>(), 0..8).prop_map(Value::Data),
+        ]
+    }
+
+    /// Well-formed states: every dot inside the context.
+    fn arb_state() -> impl Strategy<Value = State> {
+        let entry = (0u64..3, 0u64..3, 1u64..4);
+        proptest::collection::vec((entry, proptest::collection::vec(arb_value(), 0..3)), 0..4)
+            .prop_map(|entries| {
+                let mut state = State::new();
+                for ((node, epoch, counter), values) in entries {
+                    let actor = actor(node, epoch);
+                    state.context.raise(actor, counter);
+                    for (offset, value) in values.into_iter().enumerate() {
+                        let counter = counter.saturating_sub(offset as u64).max(1);
+                        state.values.insert(Dot { actor, counter }, value);
+                    }
+                }
+                state
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn decode_random_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let _ = State::decode(&bytes);
+            let mut input = bytes.as_slice();
+            let _ = VersionVector::decode_from(&mut input);
+        }
+
+        #[test]
+        fn decode_mutated_encoding_never_panics(
+            original in arb_state(),
+            position in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let mut bytes = original.encode();
+            let index = position.index(bytes.len());
+            bytes[index] = byte;
+            if let Ok(decoded) = State::decode(&bytes) {
+                // Whatever decodes is canonical: it encodes to the same bytes.
+                prop_assert_eq!(decoded.encode(), bytes);
+            }
+        }
+
+        #[test]
+        fn encode_round_trips(original in arb_state()) {
+            let bytes = original.encode();
+            prop_assert_eq!(State::decode(&bytes), Ok(original));
+        }
+
+        #[test]
+        fn merge_is_a_join_on_well_formed_states(
+            a in arb_state(),
+            b in arb_state(),
+            c in arb_state(),
+        ) {
+            prop_assert_eq!(a.merge(&a).state, a.clone());
+            prop_assert_eq!(a.merge(&b).state, b.merge(&a).state);
+            let left = a.merge(&b).state.merge(&c).state;
+            let right = a.merge(&b.merge(&c).state).state;
+            prop_assert_eq!(left, right);
+        }
+    }
+}
