@@ -20,7 +20,7 @@ pub struct Context {
 
 /// Error of [`Context::from_base64`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid context {text:?}: {reason}; pass the context exactly as a get or put printed it")]
+#[error("invalid context {text:?} ({reason}); pass the context exactly as a get or put printed it")]
 pub struct ContextParseError {
     /// The rejected text, shortened to its first 40 characters.
     pub text: String,
@@ -62,7 +62,7 @@ impl Context {
             Ok(bytes) => Ok(Context { bytes }),
             Err(error) => Err(ContextParseError {
                 text: trimmed.chars().take(40).collect(),
-                reason: error.to_string(),
+                reason: error.to_string().trim_end_matches('.').to_string(),
             }),
         }
     }
@@ -91,10 +91,7 @@ mod tests {
         let context = Context::from_bytes((0..=255u8).collect());
         let text = context.to_base64();
         assert!(!text.contains('='), "no padding expected in {text}");
-        assert!(
-            !text.contains('+') && !text.contains('/'),
-            "URL-safe alphabet expected"
-        );
+        assert!(!text.contains('+') && !text.contains('/'), "URL-safe alphabet expected");
         assert_eq!(Context::from_base64(&text), Ok(context.clone()));
         assert_eq!(text.parse::<Context>(), Ok(context));
     }

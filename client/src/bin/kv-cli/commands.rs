@@ -1,0 +1,362 @@
+//! The subcommands of kv-cli other than `import`.
+
+use std::io::{Read, Write};
+
+use anyhow::Context as _;
+use kv_client::proto::{MemberInfo, StatusResponse};
+use kv_client::{format_node_id, Client, Context, DeleteOptions, ReadOptions, ReplicaRead, WriteOptions};
+use serde_json::json;
+
+use crate::args::{DeleteArgs, GetArgs, MembersArgs, PutArgs, RingArgs, StatusArgs};
+use crate::output::{display_value, print_table, values_json};
+use crate::CliError;
+
+fn parse_context(text: Option<&str>) -> Result<Option<Context>, CliError> {
+    text.map(|text| Context::from_base64(text).map_err(CliError::InvalidContext))
+        .transpose()
+}
+
+/// Prints each value on its own line, numbered when there are several.
+fn print_values(label: &str, values: &[Vec<u8>]) {
+    if values.len() == 1 {
+        println!("{label}: {}", display_value(&values[0]));
+        return;
+    }
+    for (index, value) in values.iter().enumerate() {
+        println!("{label} {}: {}", index + 1, display_value(value));
+    }
+}
+
+pub async fn get(client: &Client, args: &GetArgs, json: bool) -> anyhow::Result<()> {
+    if let Some(node) = &args.replica {
+        let read = client.replica_read(node, &args.key).await?;
+        print_replica_read(&args.key, &read, json);
+        return Ok(());
+    }
+
+    let read = client.get_with(&args.key, ReadOptions { r: args.r }).await?;
+    if args.raw {
+        return match read.values.as_slice() {
+            [] => Err(CliError::KeyNotFound { key: args.key.clone() }.into()),
+            [value] => {
+                let mut stdout = std::io::stdout().lock();
+                stdout.write_all(value).context("cannot write to standard output")?;
+                stdout.flush().context("cannot write to standard output")?;
+                Ok(())
+            }
+            values => Err(CliError::Siblings {
+                key: args.key.clone(),
+                count: values.len(),
+            }
+            .into()),
+        };
+    }
+
+    if json {
+        let (values, values_base64) = values_json(&read.values);
+        let document = json!({
+            "key": args.key,
+            "found": !read.is_missing(),
+            "values": values,
+            "values_base64": values_base64,
+            "context": read.context.to_base64(),
+        });
+        println!("{document}");
+    } else {
+        if read.has_siblings() {
+            println!(
+                "{} siblings (resolve them and put with this context):",
+                read.values.len()
+            );
+        }
+        print_values("value", &read.values);
+        if !read.context.is_empty() {
+            println!("context: {}", read.context);
+        }
+    }
+    if read.is_missing() {
+        return Err(CliError::KeyNotFound { key: args.key.clone() }.into());
+    }
+    Ok(())
+}
+
+fn print_replica_read(key: &str, read: &ReplicaRead, json: bool) {
+    if json {
+        let (values, values_base64) = values_json(&read.values);
+        let document = json!({
+            "key": key,
+            "node_id": read.node_id,
+            "address": read.address,
+            "state": read.state.as_str(),
+            "values": values,
+            "values_base64": values_base64,
+            "tombstones": read.tombstones,
+            "dots": read.dots,
+            "context": read.context.to_base64(),
+        });
+        println!("{document}");
+        return;
+    }
+    println!("node: {} ({})", read.node_id, read.address);
+    println!("state: {}", read.state.as_str());
+    print_values("value", &read.values);
+    println!("tombstones: {}", read.tombstones);
+    if !read.dots.is_empty() {
+        println!("dots: {}", read.dots.join(", "));
+    }
+    if !read.context.is_empty() {
+        println!("context: {}", read.context);
+    }
+}
+
+fn read_value(args: &PutArgs) -> anyhow::Result<Vec<u8>> {
+    if let Some(value) = &args.value {
+        return Ok(value.as_bytes().to_vec());
+    }
+    if let Some(path) = &args.file {
+        return std::fs::read(path).with_context(|| format!("cannot read value file {}", path.display()));
+    }
+    let mut value = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut value)
+        .context("cannot read the value from standard input")?;
+    Ok(value)
+}
+
+fn print_write(key: &str, context: &Context, siblings: &[Vec<u8>], json: bool) {
+    if json {
+        let (values, values_base64) = values_json(siblings);
+        let document = json!({
+            "key": key,
+            "context": context.to_base64(),
+            "siblings": values,
+            "siblings_base64": values_base64,
+        });
+        println!("{document}");
+        return;
+    }
+    println!("context: {context}");
+    if !siblings.is_empty() {
+        println!("{} concurrent siblings remain:", siblings.len());
+        print_values("sibling", siblings);
+    }
+}
+
+pub async fn put(client: &Client, args: &PutArgs, json: bool) -> anyhow::Result<()> {
+    let context = parse_context(args.context.as_deref())?;
+    let value = read_value(args)?;
+    let written = client
+        .put_with(&args.key, value, context.as_ref(), WriteOptions { w: args.w })
+        .await?;
+    print_write(&args.key, &written.context, &written.siblings, json);
+    Ok(())
+}
+
+pub async fn delete(client: &Client, args: &DeleteArgs, json: bool) -> anyhow::Result<()> {
+    let context = parse_context(args.context.as_deref())?;
+    let options = DeleteOptions { w: args.w, r: args.r };
+    let deleted = client.delete_with(&args.key, context.as_ref(), options).await?;
+    print_write(&args.key, &deleted.context, &deleted.siblings, json);
+    Ok(())
+}
+
+fn member_state(member: &MemberInfo) -> &'static str {
+    if member.marked_down {
+        "marked-down"
+    } else if member.up {
+        "up"
+    } else {
+        "down"
+    }
+}
+
+pub async fn members(client: &Client, args: &MembersArgs, json: bool) -> anyhow::Result<()> {
+    let reply = client.members(args.node.as_deref()).await?;
+    if json {
+        let members: Vec<_> = reply
+            .members
+            .iter()
+            .map(|m| {
+                json!({
+                    "node_id": m.node_id,
+                    "address": m.address,
+                    "status": m.status,
+                    "up": m.up,
+                    "marked_down": m.marked_down,
+                    "phi": m.phi,
+                    "generation": m.generation,
+                    "heartbeat": m.heartbeat,
+                    "partitions_owned": m.partitions_owned,
+                    "partition_replicas": m.partition_replicas,
+                    "ring_version": m.ring_version,
+                    "last_seen_ms": m.last_seen_ms,
+                    "is_self": m.is_self,
+                })
+            })
+            .collect();
+        let document = json!({
+            "cluster_id": reply.cluster_id,
+            "claimant": reply.claimant,
+            "members": members,
+        });
+        println!("{document}");
+        return Ok(());
+    }
+    println!("cluster {}, claimant {}", reply.cluster_id, reply.claimant);
+    let rows: Vec<Vec<String>> = reply
+        .members
+        .iter()
+        .map(|m| {
+            vec![
+                m.node_id.clone(),
+                m.address.clone(),
+                m.status.clone(),
+                member_state(m).to_string(),
+                m.partitions_owned.to_string(),
+                m.partition_replicas.to_string(),
+                m.ring_version.to_string(),
+                if m.is_self { "*".into() } else { String::new() },
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "NODE ID", "ADDRESS", "STATUS", "STATE", "OWNED", "REPLICAS", "RING", "SELF",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+pub async fn ring(client: &Client, args: &RingArgs, json: bool) -> anyhow::Result<()> {
+    let snapshot = client.ring().await?;
+    let ring = &snapshot.ring;
+    let owned = ring.partitions_per_node();
+    let replicas = ring.replicas_per_node();
+    let address = |node| snapshot.address_of(node).unwrap_or("?").to_string();
+    let preference_lists: Vec<Vec<u64>> = if args.partitions {
+        (0..ring.partitions).map(|p| ring.preference_list(p)).collect()
+    } else {
+        Vec::new()
+    };
+
+    if json {
+        let nodes: Vec<_> = ring
+            .nodes()
+            .into_iter()
+            .map(|node| {
+                json!({
+                    "node_id": format_node_id(node),
+                    "address": address(node),
+                    "partitions_owned": owned.get(&node).copied().unwrap_or(0),
+                    "partition_replicas": replicas.get(&node).copied().unwrap_or(0),
+                })
+            })
+            .collect();
+        let mut document = json!({
+            "cluster_id": ring.cluster_id,
+            "version": ring.version,
+            "claimant": format_node_id(ring.claimant),
+            "partitions": ring.partitions,
+            "n": ring.replicas,
+            "nodes": nodes,
+        });
+        if args.partitions {
+            let lists: Vec<Vec<String>> = preference_lists
+                .iter()
+                .map(|list| list.iter().map(|node| format_node_id(*node)).collect())
+                .collect();
+            document["preference_lists"] = json!(lists);
+        }
+        println!("{document}");
+        return Ok(());
+    }
+
+    println!("cluster: {}", ring.cluster_id);
+    println!("version: {}", ring.version);
+    println!("claimant: {}", format_node_id(ring.claimant));
+    println!("partitions (Q): {}", ring.partitions);
+    println!("replicas (N): {}", ring.replicas);
+    let rows: Vec<Vec<String>> = ring
+        .nodes()
+        .into_iter()
+        .map(|node| {
+            vec![
+                format_node_id(node),
+                address(node),
+                owned.get(&node).copied().unwrap_or(0).to_string(),
+                replicas.get(&node).copied().unwrap_or(0).to_string(),
+            ]
+        })
+        .collect();
+    print_table(&["NODE ID", "ADDRESS", "OWNED", "REPLICAS"], &rows);
+    if args.partitions {
+        println!();
+        let rows: Vec<Vec<String>> = preference_lists
+            .iter()
+            .enumerate()
+            .map(|(partition, list)| {
+                let nodes: Vec<String> = list.iter().map(|node| format_node_id(*node)).collect();
+                vec![partition.to_string(), nodes.join(" ")]
+            })
+            .collect();
+        print_table(&["PARTITION", "PREFERENCE LIST"], &rows);
+    }
+    Ok(())
+}
+
+fn status_json(status: &StatusResponse) -> serde_json::Value {
+    json!({
+        "node_id": status.node_id,
+        "address": status.address,
+        "cluster_id": status.cluster_id,
+        "version": status.version,
+        "ring_version": status.ring_version,
+        "ring_not_ready_reason": status.ring_not_ready_reason,
+        "partitions": status.partitions,
+        "n": status.n,
+        "r": status.r,
+        "w": status.w,
+        "engine": status.engine,
+        "sync_mode": status.sync_mode,
+        "data_dir": status.data_dir,
+        "uptime_seconds": status.uptime_seconds,
+        "generation": status.generation,
+        "epoch": status.epoch,
+        "restart_mark": status.restart_mark,
+        "puts_coordinated": status.puts_coordinated,
+        "gets_coordinated": status.gets_coordinated,
+        "read_repairs": status.read_repairs,
+        "corrupt_records": status.corrupt_records,
+        "dot_conflicts": status.dot_conflicts,
+        "forwarded": status.forwarded,
+    })
+}
+
+pub async fn status(client: &Client, args: &StatusArgs, endpoints: &[String], json: bool) -> anyhow::Result<()> {
+    let address = match (&args.node, endpoints.first()) {
+        (Some(node), _) => node.clone(),
+        (None, Some(first)) => first.clone(),
+        (None, None) => {
+            return Err(CliError::Usage {
+                message: "no node to ask; pass --node or --endpoints".into(),
+            }
+            .into())
+        }
+    };
+    let status = client.status(&address).await?;
+    let document = status_json(&status);
+    if json {
+        println!("{document}");
+        return Ok(());
+    }
+    if let Some(fields) = document.as_object() {
+        for (name, value) in fields {
+            match value {
+                serde_json::Value::String(text) => println!("{name}: {text}"),
+                other => println!("{name}: {other}"),
+            }
+        }
+    }
+    Ok(())
+}
