@@ -31,8 +31,9 @@ pub struct ClientOptions {
     /// triggers a refresh, at most once per second.
     pub ring_refresh_interval: Duration,
     /// When true, requests rotate the first node tried over the key's
-    /// preference list (spreads coordinator load); when false they always
-    /// start at the partition's owner.
+    /// preference list, or over the seed endpoints while the ring is
+    /// unknown (spreads coordinator load). When false they start at the
+    /// partition's owner and try seeds in the order given.
     pub rotate_coordinators: bool,
     /// Maximum read-resolve-write rounds of [`crate::Client::update`].
     pub update_attempts: u32,

@@ -36,8 +36,9 @@ fn append_missing(list: &mut Vec<String>, extra: impl IntoIterator<Item = String
 /// Orders the addresses a request is tried at.
 ///
 /// `start` is a per-request counter used for rotation; `rotate` turns
-/// rotation over the preferred nodes on or off (seeds always rotate, so
-/// requests spread while the ring is unknown).
+/// rotation on or off. Requests without a key always rotate over the
+/// ring's nodes; with rotation off, keyed requests start at the owner and
+/// seeds are tried in the order given.
 pub(crate) fn candidates(
     snapshot: Option<&RingSnapshot>,
     key: Option<&[u8]>,
@@ -54,7 +55,8 @@ pub(crate) fn candidates(
         let start = if rotate || key.is_none() { start } else { 0 };
         append_missing(&mut list, rotated(&preferred, start));
     }
-    append_missing(&mut list, rotated(seeds, start));
+    let seed_start = if rotate { start } else { 0 };
+    append_missing(&mut list, rotated(seeds, seed_start));
     list
 }
 
@@ -84,10 +86,14 @@ mod tests {
     }
 
     #[test]
-    fn candidates_without_ring_rotate_seeds() {
+    fn candidates_without_ring_use_seeds() {
+        assert_eq!(
+            candidates(None, Some(b"k"), &seeds(), 1, true),
+            vec!["s2:2", "s3:3", "s1:1"]
+        );
         assert_eq!(
             candidates(None, Some(b"k"), &seeds(), 1, false),
-            vec!["s2:2", "s3:3", "s1:1"]
+            vec!["s1:1", "s2:2", "s3:3"]
         );
     }
 
