@@ -1,0 +1,190 @@
+//! Command-line settings of `kv-node`.
+
+use clap::Parser;
+use kv_storage::{EngineKind, SyncMode};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A ringkv database node.
+///
+/// A node started without --seeds on an empty data directory creates a new
+/// cluster. A node started with --seeds asks a seed for the ring and joins
+/// that cluster. A node whose data directory already holds a ring rejoins
+/// its cluster and never creates a new one.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "kv-node", version, about, long_about = None)]
+pub struct Config {
+    /// Directory holding this node's data, identity and ring. Created if
+    /// missing. Each node needs its own.
+    #[arg(long, env = "RINGKV_DATA_DIR")]
+    pub data_dir: PathBuf,
+
+    /// Address to serve clients, operators and peers on (host:port). Peers
+    /// and clients reach the node at this address, so it must not be
+    /// 0.0.0.0.
+    #[arg(long, env = "RINGKV_LISTEN", default_value = "127.0.0.1:7401")]
+    pub listen: SocketAddr,
+
+    /// Comma-separated addresses of existing members to join through. Leave
+    /// empty on the first node of a new cluster.
+    #[arg(long, env = "RINGKV_SEEDS", value_delimiter = ',')]
+    pub seeds: Vec<String>,
+
+    /// Create a new cluster even though --seeds is given. Refused when the
+    /// data directory already holds a ring.
+    #[arg(long)]
+    pub bootstrap: bool,
+
+    /// Replicas per key (N). Fixed when the cluster is created; a node with
+    /// another N cannot join.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub n: u32,
+
+    /// Default read quorum (R), 1..=N; clients may override it per request.
+    #[arg(long, default_value_t = 2)]
+    pub r: u32,
+
+    /// Default write quorum (W), 1..=N; clients may override it per request.
+    #[arg(long, default_value_t = 2)]
+    pub w: u32,
+
+    /// Number of ring partitions (Q), a power of two from 1 to 65536. Fixed
+    /// when the cluster is created.
+    #[arg(long, default_value_t = 256)]
+    pub partitions: u32,
+
+    /// Storage engine: fjall (default: an LSM tree with a real fsync) or
+    /// sled.
+    #[arg(long, default_value = "fjall")]
+    pub engine: EngineKind,
+
+    /// When a write counts as durable. "always": acknowledged only after an
+    /// fsync; concurrent writes share one flush (group commit). "periodic":
+    /// acknowledged once handed to the storage engine and fsynced every
+    /// --sync-interval-ms; a machine crash can lose the last interval, and a
+    /// kill of the coordinator and one replica within it can lose a write
+    /// that W=2 acknowledged.
+    #[arg(long, default_value = "always")]
+    pub sync: SyncModeArg,
+
+    /// Flush interval of --sync periodic, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    pub sync_interval_ms: u64,
+
+    /// Largest value accepted, in bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_value_bytes: usize,
+
+    /// Largest number of siblings (tombstones included) a put may leave on a
+    /// key; a put over it fails and asks the client to resolve first.
+    #[arg(long, default_value_t = 100)]
+    pub max_siblings: usize,
+
+    /// Largest total size of a key's values, in bytes, checked when a put is
+    /// admitted.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    pub max_state_bytes: usize,
+
+    /// Time a coordinator waits for a quorum, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub request_timeout_ms: u64,
+
+    /// Deadline of replica writes and read repairs, in milliseconds; a
+    /// receiver drops messages older than this.
+    #[arg(long, default_value_t = 10_000)]
+    pub message_deadline_ms: u64,
+
+    /// Interval between gossip rounds, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub gossip_interval_ms: u64,
+
+    /// Phi threshold of the failure detector: higher means slower to mark a
+    /// silent peer down, with fewer false alarms.
+    #[arg(long, default_value_t = 8.0)]
+    pub phi_threshold: f64,
+
+    /// Share of reads, 0.0 to 1.0, that also ask the replicas outside the
+    /// read quorum for a digest and repair them when they differ.
+    #[arg(long, default_value_t = 1.0)]
+    pub read_repair_chance: f64,
+}
+
+/// `--sync` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyncModeArg {
+    Always,
+    Periodic,
+}
+
+/// Errors in a combination of settings that clap cannot check alone.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid --{name} {value}: must be between 1 and --n ({n})")]
+    QuorumOutOfRange { name: &'static str, value: u32, n: u32 },
+    #[error("invalid --partitions {0}: must be a power of two from 1 to 65536")]
+    Partitions(u32),
+    #[error("invalid --listen {0}: peers cannot reach an unspecified address; give the address they should use")]
+    UnspecifiedListen(SocketAddr),
+    #[error("invalid --read-repair-chance {0}: must be between 0.0 and 1.0")]
+    ReadRepairChance(f64),
+    #[error("invalid --{name} 0: must be at least 1")]
+    Zero { name: &'static str },
+}
+
+impl Config {
+    /// Checks settings that depend on each other.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, value) in [("r", self.r), ("w", self.w)] {
+            if value == 0 || value > self.n {
+                return Err(ConfigError::QuorumOutOfRange { name, value, n: self.n });
+            }
+        }
+        if !self.partitions.is_power_of_two() || self.partitions > 65536 {
+            return Err(ConfigError::Partitions(self.partitions));
+        }
+        if self.listen.ip().is_unspecified() {
+            return Err(ConfigError::UnspecifiedListen(self.listen));
+        }
+        if !(0.0..=1.0).contains(&self.read_repair_chance) {
+            return Err(ConfigError::ReadRepairChance(self.read_repair_chance));
+        }
+        for (name, value) in [
+            ("max-siblings", self.max_siblings as u64),
+            ("request-timeout-ms", self.request_timeout_ms),
+            ("message-deadline-ms", self.message_deadline_ms),
+            ("gossip-interval-ms", self.gossip_interval_ms),
+            ("sync-interval-ms", self.sync_interval_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero { name });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn sync_mode(&self) -> SyncMode {
+        match self.sync {
+            SyncModeArg::Always => SyncMode::Always,
+            SyncModeArg::Periodic => SyncMode::Periodic {
+                interval: Duration::from_millis(self.sync_interval_ms),
+            },
+        }
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn message_deadline(&self) -> Duration {
+        Duration::from_millis(self.message_deadline_ms)
+    }
+
+    /// The gRPC message size limit: above the largest state a merge of
+    /// replicas can produce. Merges never drop values to respect
+    /// max_state_bytes, so two full states can meet; the factor leaves room
+    /// for that and for encoding overhead.
+    pub fn grpc_message_limit(&self) -> usize {
+        (self.max_state_bytes.saturating_mul(4)).max(64 * 1024 * 1024)
+    }
+}

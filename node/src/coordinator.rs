@@ -1,0 +1,574 @@
+//! The coordinator: quorum writes and reads of client requests.
+//!
+//! Contract of a write at quorum W: the coordinator applies the put to its
+//! own engine, sends the resulting state of the key (context and every
+//! value, never only the new value) to the other replicas of the preference
+//! list at once, and answers after W durable acknowledgements, its own group
+//! commit included. Writes still in flight then continue in the background.
+//! If W acknowledgements do not arrive before the request timeout the client
+//! gets UNAVAILABLE, and the message says the write may still have been
+//! applied on some replicas.
+//!
+//! Contract of a read at quorum R: the coordinator reads its own copy and asks
+//! R-1 other replicas for their states (more when a copy is unknown or a
+//! replica fails), and asks the remaining replicas for a digest only. It
+//! answers with the merge of R states. In the background it waits for the
+//! remaining replies, fetches the state of any replica whose digest differs,
+//! and sends the merged state to every replica that answered with less, with
+//! a different digest, with nothing or with an unreadable record (read
+//! repair).
+
+use crate::error::RequestError;
+use crate::node::Node;
+use crate::peers::header;
+use futures::stream::{FuturesUnordered, StreamExt};
+use kv_cluster::causality::LocalCopy;
+use kv_cluster::context::{decode_context, encode_context};
+use kv_cluster::version::{State, Value, VersionVector};
+use kv_cluster::{format_node_id, NodeId};
+use kv_proto::v1::{ReplicaReadRequest, ReplicaReadResponse, ReplicaState, ReplicaWriteRequest};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+/// Largest key accepted, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// Result of a quorum write.
+pub struct WriteResult {
+    pub context: Vec<u8>,
+    pub siblings: Vec<Vec<u8>>,
+}
+
+/// Result of a quorum read.
+pub struct ReadResult {
+    pub state: State,
+}
+
+/// One replica's answer to a read.
+#[derive(Clone, Debug)]
+enum Answer {
+    /// Its whole state; `None` when the key is missing there.
+    State(Option<State>),
+    /// Its digest only; `None` when the key is missing there.
+    Digest(Option<u128>),
+    /// Its record is unreadable.
+    Unknown,
+}
+
+pub fn validate_key(key: &[u8]) -> Result<(), RequestError> {
+    if key.is_empty() {
+        return Err(RequestError::InvalidArgument(
+            "invalid key: the key is empty; keys are 1 to 1024 bytes".into(),
+        ));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(RequestError::InvalidArgument(format!(
+            "invalid key: {} bytes is over the limit of {MAX_KEY_BYTES} bytes",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+fn digest_bytes(digest: u128) -> Vec<u8> {
+    digest.to_be_bytes().to_vec()
+}
+
+fn parse_digest(bytes: &[u8]) -> Option<u128> {
+    let raw: [u8; 16] = bytes.try_into().ok()?;
+    Some(u128::from_be_bytes(raw))
+}
+
+impl Node {
+    /// Resolves a requested quorum (0 = the node's default) and checks it.
+    pub fn quorum(&self, requested: u32, default: u32, name: &str) -> Result<usize, RequestError> {
+        let n = self.view.ring().replicas;
+        let value = if requested == 0 { default } else { requested };
+        if value == 0 || value > n {
+            return Err(RequestError::InvalidArgument(format!(
+                "invalid {name}={requested}: must be between 1 and N={n}"
+            )));
+        }
+        Ok(value as usize)
+    }
+
+    /// Preference list of a key in the current ring.
+    pub fn preference_list(&self, key: &[u8]) -> Vec<NodeId> {
+        self.view.ring().preference_list_for_key(key)
+    }
+
+    fn check_list_size(&self, list: &[NodeId], needed: usize, name: &str) -> Result<(), RequestError> {
+        if list.len() < needed {
+            return Err(RequestError::Quorum(format!(
+                "{name}={needed} needs {needed} replicas, but the cluster has only {} node(s); lower {name} or add nodes",
+                list.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_reachable(&self, list: &[NodeId], needed: usize, name: &str) -> Result<(), RequestError> {
+        let up: Vec<NodeId> = list.iter().copied().filter(|id| self.view.is_up(*id)).collect();
+        if up.len() < needed {
+            let down: Vec<String> = list
+                .iter()
+                .filter(|id| !up.contains(id))
+                .map(|id| {
+                    let address = self.view.address_of(*id).unwrap_or_default();
+                    format!("{} ({address})", format_node_id(*id))
+                })
+                .collect();
+            return Err(RequestError::Quorum(format!(
+                "only {} of {} replicas of the key are reachable, and {name}={needed} needs {needed}; down: {}. Nothing was written; retry when the nodes are back or lower {name}",
+                up.len(),
+                list.len(),
+                down.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Coordinates a put of `value` (or a tombstone) with the client's
+    /// context. The caller has checked that this node replicates the key.
+    pub async fn coordinate_put(
+        self: &Arc<Self>,
+        key: &[u8],
+        value: Value,
+        context: &[u8],
+        w: u32,
+    ) -> Result<WriteResult, RequestError> {
+        validate_key(key)?;
+        if let Value::Data(bytes) = &value {
+            if bytes.len() > self.config.max_value_bytes {
+                return Err(RequestError::InvalidArgument(format!(
+                    "invalid value: {} bytes is over the limit of {} bytes (--max-value-bytes)",
+                    bytes.len(),
+                    self.config.max_value_bytes
+                )));
+            }
+        }
+        let client_context = decode_context(key, context).map_err(|error| RequestError::InvalidArgument(error.to_string()))?;
+        let w = self.quorum(w, self.config.w, "W")?;
+        let list = self.preference_list(key);
+        self.check_list_size(&list, w, "W")?;
+        self.check_reachable(&list, w, "W")?;
+        self.write_quorum(key, value, client_context, w, &list).await
+    }
+
+    async fn write_quorum(
+        self: &Arc<Self>,
+        key: &[u8],
+        value: Value,
+        client_context: VersionVector,
+        w: usize,
+        list: &[NodeId],
+    ) -> Result<WriteResult, RequestError> {
+        self.stats.puts_coordinated.fetch_add(1, Ordering::Relaxed);
+        let limits = crate::store::PutLimits {
+            max_siblings: self.config.max_siblings,
+            max_state_bytes: self.config.max_state_bytes,
+        };
+        let outcome = self.store.coordinate_put(key, client_context, value, limits).await?;
+        let state_bytes = Arc::new(outcome.state.encode());
+
+        // Local durability and the replica writes run concurrently.
+        let mut pending: FuturesUnordered<futures::future::BoxFuture<'static, (NodeId, Result<(), String>)>> =
+            FuturesUnordered::new();
+        let me = self.node_id();
+        let commit = self.store.commit().clone();
+        pending.push(Box::pin(async move {
+            (me, commit.durable().await.map_err(|error| error.to_string()))
+        }));
+        for peer in list.iter().copied().filter(|id| *id != me) {
+            let node = self.clone();
+            let key = key.to_vec();
+            let state_bytes = state_bytes.clone();
+            pending.push(Box::pin(async move {
+                let result = node.send_replica_write(peer, &key, state_bytes.as_ref().clone()).await;
+                (peer, result)
+            }));
+        }
+
+        let deadline = Instant::now() + self.config.request_timeout();
+        let total = pending.len();
+        let mut acks = 0usize;
+        let mut failures: BTreeMap<NodeId, String> = BTreeMap::new();
+        while acks < w {
+            let next = tokio::time::timeout_at(deadline, pending.next()).await;
+            match next {
+                Ok(Some((_, Ok(())))) => acks += 1,
+                Ok(Some((peer, Err(reason)))) => {
+                    failures.insert(peer, reason);
+                    if acks + (total - acks - failures.len()) < w {
+                        break;
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+
+        // Whatever is still in flight finishes in the background.
+        if !pending.is_empty() {
+            tokio::spawn(async move {
+                while let Some((peer, result)) = pending.next().await {
+                    if let Err(reason) = result {
+                        tracing::debug!(peer = %format_node_id(peer), %reason, "background replica write failed");
+                    }
+                }
+            });
+        }
+
+        if acks < w {
+            let detail: Vec<String> = failures
+                .iter()
+                .map(|(peer, reason)| format!("{}: {reason}", format_node_id(*peer)))
+                .collect();
+            let detail = if detail.is_empty() {
+                "no reply before the request timeout".to_string()
+            } else {
+                detail.join("; ")
+            };
+            return Err(RequestError::Quorum(format!(
+                "write quorum not reached: {acks} of W={w} acknowledgements ({detail}). The write may still have been applied on some replicas; read the key before retrying"
+            )));
+        }
+
+        let new_dot = outcome.dot;
+        let siblings = outcome
+            .state
+            .values
+            .iter()
+            .filter(|(dot, _)| **dot != new_dot)
+            .filter_map(|(_, value)| match value {
+                Value::Data(bytes) => Some(bytes.clone()),
+                Value::Tombstone => None,
+            })
+            .collect();
+        Ok(WriteResult {
+            context: encode_context(key, &outcome.state.context),
+            siblings,
+        })
+    }
+
+    /// Sends a key's state to one replica and waits for its durable
+    /// acknowledgement.
+    pub async fn send_replica_write(&self, peer: NodeId, key: &[u8], state: Vec<u8>) -> Result<(), String> {
+        let address = self
+            .view
+            .address_of(peer)
+            .ok_or_else(|| "address unknown".to_string())?;
+        let mut client = self.peers.peer(&address).map_err(|status| status.message().to_string())?;
+        let ring = self.view.ring();
+        let deadline = self.config.message_deadline();
+        let request = ReplicaWriteRequest {
+            header: Some(header(&ring.cluster_id, self.node_id(), ring.version, Some(deadline))),
+            key: key.to_vec(),
+            state,
+        };
+        match tokio::time::timeout(deadline, client.replica_write(request)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+            Err(_) => Err("timed out".to_string()),
+        }
+    }
+
+    async fn send_replica_read(&self, peer: NodeId, key: &[u8], digest_only: bool) -> Result<Answer, String> {
+        let address = self
+            .view
+            .address_of(peer)
+            .ok_or_else(|| "address unknown".to_string())?;
+        let mut client = self.peers.peer(&address).map_err(|status| status.message().to_string())?;
+        let ring = self.view.ring();
+        let timeout = self.config.request_timeout();
+        let request = ReplicaReadRequest {
+            header: Some(header(&ring.cluster_id, self.node_id(), ring.version, Some(timeout))),
+            key: key.to_vec(),
+            digest_only,
+        };
+        let response: ReplicaReadResponse = match tokio::time::timeout(timeout, client.replica_read(request)).await {
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(status)) => return Err(format!("{:?}: {}", status.code(), status.message())),
+            Err(_) => return Err("timed out".to_string()),
+        };
+        match ReplicaState::try_from(response.kind).unwrap_or(ReplicaState::Unspecified) {
+            ReplicaState::Missing if digest_only => Ok(Answer::Digest(None)),
+            ReplicaState::Missing => Ok(Answer::State(None)),
+            ReplicaState::Unknown => Ok(Answer::Unknown),
+            ReplicaState::Present if digest_only => parse_digest(&response.digest)
+                .map(|digest| Answer::Digest(Some(digest)))
+                .ok_or_else(|| "malformed digest".to_string()),
+            ReplicaState::Present => State::decode(&response.state)
+                .map(|state| Answer::State(Some(state)))
+                .map_err(|error| error.to_string()),
+            ReplicaState::Unspecified => Err("reply without a state kind".to_string()),
+        }
+    }
+
+    /// Coordinates a read at quorum R. The caller has checked that this node
+    /// replicates the key.
+    pub async fn coordinate_get(self: &Arc<Self>, key: &[u8], r: u32) -> Result<ReadResult, RequestError> {
+        validate_key(key)?;
+        let r = self.quorum(r, self.config.r, "R")?;
+        let list = self.preference_list(key);
+        self.check_list_size(&list, r, "R")?;
+        self.check_reachable(&list, r, "R")?;
+        self.stats.gets_coordinated.fetch_add(1, Ordering::Relaxed);
+        self.read_quorum(key, r, &list, rand::random::<f64>() < self.config.read_repair_chance)
+            .await
+    }
+
+    /// Reads a key from the replicas in `list` (which contains this node) and
+    /// schedules read repair.
+    pub async fn read_quorum(
+        self: &Arc<Self>,
+        key: &[u8],
+        r: usize,
+        list: &[NodeId],
+        ask_digests: bool,
+    ) -> Result<ReadResult, RequestError> {
+        let me = self.node_id();
+        let mut answers: BTreeMap<NodeId, Answer> = BTreeMap::new();
+        let mut states_counted = 0usize;
+        if list.contains(&me) {
+            let local = self.store.read(key).await?;
+            let answer = match local {
+                LocalCopy::Present { state, .. } => Answer::State(Some(state)),
+                LocalCopy::Missing => Answer::State(None),
+                LocalCopy::Unknown => Answer::Unknown,
+            };
+            if matches!(answer, Answer::State(_)) {
+                states_counted += 1;
+            }
+            answers.insert(me, answer);
+        }
+
+        // Up replicas first: they are the ones likely to answer.
+        let mut others: Vec<NodeId> = list.iter().copied().filter(|id| *id != me).collect();
+        others.sort_by_key(|id| !self.view.is_up(*id));
+        let mut spare: std::collections::VecDeque<NodeId> = others.iter().copied().collect();
+
+        type Reply = (NodeId, bool, Result<Answer, String>);
+        let mut pending: FuturesUnordered<futures::future::BoxFuture<'static, Reply>> = FuturesUnordered::new();
+        let launch = |peer: NodeId, digest_only: bool, pending: &mut FuturesUnordered<futures::future::BoxFuture<'static, Reply>>| {
+            let node = self.clone();
+            let key = key.to_vec();
+            pending.push(Box::pin(async move {
+                let result = node.send_replica_read(peer, &key, digest_only).await;
+                (peer, digest_only, result)
+            }));
+        };
+        let mut full_in_flight = 0usize;
+        while full_in_flight < r.saturating_sub(states_counted) {
+            let Some(peer) = spare.pop_front() else { break };
+            launch(peer, false, &mut pending);
+            full_in_flight += 1;
+        }
+        if ask_digests {
+            for peer in spare.iter().copied() {
+                launch(peer, true, &mut pending);
+            }
+        }
+
+        let deadline = Instant::now() + self.config.request_timeout();
+        let mut failures: BTreeMap<NodeId, String> = BTreeMap::new();
+        while states_counted < r {
+            let next = tokio::time::timeout_at(deadline, pending.next()).await;
+            let (peer, digest_only, result) = match next {
+                Ok(Some(reply)) => reply,
+                Ok(None) | Err(_) => break,
+            };
+            if !digest_only {
+                full_in_flight -= 1;
+            }
+            match result {
+                Ok(Answer::State(state)) => {
+                    states_counted += 1;
+                    answers.insert(peer, Answer::State(state));
+                }
+                Ok(answer) => {
+                    // A digest, or an unknown record that does not count.
+                    let known_state = matches!(answers.get(&peer), Some(Answer::State(_)));
+                    if !known_state {
+                        answers.insert(peer, answer);
+                    }
+                }
+                Err(reason) => {
+                    failures.insert(peer, reason);
+                }
+            }
+            if !digest_only && states_counted + full_in_flight < r {
+                // Fall back to a replica not yet asked for its state.
+                if let Some(peer) = spare.pop_front() {
+                    launch(peer, false, &mut pending);
+                    full_in_flight += 1;
+                }
+            }
+        }
+
+        if states_counted < r {
+            self.spawn_read_repair(key, answers, pending);
+            let detail: Vec<String> = failures
+                .iter()
+                .map(|(peer, reason)| format!("{}: {reason}", format_node_id(*peer)))
+                .collect();
+            let detail = if detail.is_empty() {
+                "no reply before the request timeout".to_string()
+            } else {
+                detail.join("; ")
+            };
+            return Err(RequestError::Quorum(format!(
+                "read quorum not reached: {states_counted} of R={r} replicas answered with a readable state ({detail})"
+            )));
+        }
+
+        let mut merged = State::default();
+        for answer in answers.values() {
+            if let Answer::State(Some(state)) = answer {
+                merged = self.merge_counted(&merged, state);
+            }
+        }
+        self.spawn_read_repair(key, answers, pending);
+        Ok(ReadResult { state: merged })
+    }
+
+    fn merge_counted(&self, left: &State, right: &State) -> State {
+        let merged = left.merge(right);
+        if merged.dot_conflicts > 0 {
+            self.stats
+                .dot_conflicts
+                .fetch_add(merged.dot_conflicts as u64, Ordering::Relaxed);
+            tracing::error!(conflicts = merged.dot_conflicts, "replicas hold the same dot with different values; kept the value with the larger digest");
+        }
+        merged.state
+    }
+
+    /// Waits in the background for the replies still in flight, then sends
+    /// the merged state to every replica that holds less or something else.
+    fn spawn_read_repair(
+        self: &Arc<Self>,
+        key: &[u8],
+        mut answers: BTreeMap<NodeId, Answer>,
+        mut pending: FuturesUnordered<futures::future::BoxFuture<'static, (NodeId, bool, Result<Answer, String>)>>,
+    ) {
+        let node = self.clone();
+        let key = key.to_vec();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + node.config.message_deadline();
+            while let Ok(Some((peer, _, result))) = tokio::time::timeout_at(deadline, pending.next()).await {
+                if let Ok(answer) = result {
+                    let known_state = matches!(answers.get(&peer), Some(Answer::State(_)));
+                    if !known_state || matches!(answer, Answer::State(_)) {
+                        answers.insert(peer, answer);
+                    }
+                }
+            }
+            node.repair(&key, answers).await;
+        });
+    }
+
+    async fn repair(self: &Arc<Self>, key: &[u8], mut answers: BTreeMap<NodeId, Answer>) {
+        let mut merged = State::default();
+        for answer in answers.values() {
+            if let Answer::State(Some(state)) = answer {
+                merged = self.merge_counted(&merged, state);
+            }
+        }
+
+        // A replica whose digest differs may hold writes the others lack.
+        let differing: Vec<NodeId> = answers
+            .iter()
+            .filter_map(|(peer, answer)| match answer {
+                Answer::Digest(Some(digest)) if *digest != merged.digest(key) => Some(*peer),
+                _ => None,
+            })
+            .collect();
+        for peer in differing {
+            if let Ok(Answer::State(state)) = self.send_replica_read(peer, key, false).await {
+                if let Some(state) = &state {
+                    merged = self.merge_counted(&merged, state);
+                }
+                answers.insert(peer, Answer::State(state));
+            }
+        }
+        if merged == State::default() {
+            return;
+        }
+
+        let final_digest = merged.digest(key);
+        let stale: Vec<NodeId> = answers
+            .iter()
+            .filter(|(_, answer)| match answer {
+                Answer::State(Some(state)) => state.digest(key) != final_digest,
+                Answer::State(None) | Answer::Unknown => true,
+                Answer::Digest(digest) => *digest != Some(final_digest),
+            })
+            .map(|(peer, _)| *peer)
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        let state_bytes = merged.encode();
+        let mut repaired = 0u64;
+        for peer in stale {
+            let result = if peer == self.node_id() {
+                self.store
+                    .store_incoming(key, merged.clone())
+                    .await
+                    .map(|_| ())
+                    .map_err(|error| error.to_string())
+            } else {
+                self.send_replica_write(peer, key, state_bytes.clone()).await
+            };
+            match result {
+                Ok(()) => repaired += 1,
+                Err(reason) => {
+                    tracing::debug!(peer = %format_node_id(peer), %reason, "read repair failed")
+                }
+            }
+        }
+        self.stats.read_repairs.fetch_add(repaired, Ordering::Relaxed);
+    }
+
+    /// Coordinates a delete: a put of a tombstone. Without a context it first
+    /// reads at R and deletes what that read returned.
+    pub async fn coordinate_delete(
+        self: &Arc<Self>,
+        key: &[u8],
+        context: &[u8],
+        w: u32,
+        r: u32,
+    ) -> Result<WriteResult, RequestError> {
+        validate_key(key)?;
+        if context.is_empty() {
+            let read = self.coordinate_get(key, r).await?;
+            if read.state == State::default() {
+                // Nothing to delete: the key was never written.
+                return Ok(WriteResult {
+                    context: Vec::new(),
+                    siblings: Vec::new(),
+                });
+            }
+            let context = encode_context(key, &read.state.context);
+            return self.coordinate_put(key, Value::Tombstone, &context, w).await;
+        }
+        self.coordinate_put(key, Value::Tombstone, context, w).await
+    }
+
+    /// Reads a key at R=N from every replica and repairs them: the repair
+    /// queued when a local record turned out unreadable.
+    pub async fn repair_key(self: &Arc<Self>, key: &[u8]) {
+        let list = self.preference_list(key);
+        let reachable = list.iter().filter(|id| self.view.is_up(**id)).count();
+        let needed = reachable.saturating_sub(1).max(1);
+        if let Err(error) = self.read_quorum(key, needed, &list, true).await {
+            tracing::debug!(%error, "repair read of an unreadable record failed; anti-entropy or the next read will retry");
+        }
+    }
+}
+
+/// Encodes a digest for a replica-read reply.
+pub fn encode_digest(digest: u128) -> Vec<u8> {
+    digest_bytes(digest)
+}

@@ -1,0 +1,33 @@
+//! The shared state of a running node, handed to every service and task.
+
+use crate::config::Config;
+use crate::meta::Meta;
+use crate::peers::Peers;
+use crate::stats::Stats;
+use crate::store::LocalStore;
+use crate::view::ClusterView;
+use kv_storage::EngineKind;
+use std::sync::Arc;
+
+/// Everything a request handler or background task needs.
+pub struct Node {
+    pub config: Config,
+    pub engine_kind: EngineKind,
+    pub view: ClusterView,
+    pub store: Arc<LocalStore>,
+    pub meta: Meta,
+    pub peers: Peers,
+    pub stats: Arc<Stats>,
+    pub generation: u64,
+    pub restart_mark: u64,
+}
+
+impl Node {
+    pub fn node_id(&self) -> u64 {
+        self.view.node_id
+    }
+
+    pub fn cluster_id(&self) -> String {
+        self.view.ring().cluster_id.clone()
+    }
+}

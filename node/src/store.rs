@@ -1,0 +1,228 @@
+//! The local replica store: one node's copy of each key it replicates.
+//!
+//! Every read-merge-write of a key (client put, replica write, read repair)
+//! holds that key's lock from a striped lock table, so two merges of one key
+//! never interleave and drop each other's values. The lock covers the local
+//! read, the merge and the write into the engine; it is released before the
+//! write is made durable, and never held across a network call. All engine
+//! calls run on tokio's blocking pool, never on the async executor threads.
+//!
+//! A record that fails its checksum or does not decode is *unknown*: it is
+//! never served, counted, logged, and queued for repair from other replicas.
+
+use crate::meta::{EpochCounter, EpochHandle};
+use crate::stats::Stats;
+use kv_cluster::causality::{
+    self, coordinate_put, store_incoming, EpochUnavailable, LocalCopy, PutOutcome, Stored,
+};
+use kv_cluster::hash::storage_key;
+use kv_cluster::version::{State, Value, VersionVector};
+use kv_cluster::NodeId;
+use kv_storage::{record, Engine, GroupCommit, Space, StorageError, WriteOp};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+const LOCK_STRIPES: usize = 4096;
+
+/// Limits checked when a put is admitted.
+#[derive(Clone, Copy, Debug)]
+pub struct PutLimits {
+    pub max_siblings: usize,
+    pub max_state_bytes: usize,
+}
+
+/// Errors of local store operations.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Epoch(#[from] EpochUnavailable),
+    #[error("the put would leave {siblings} siblings on the key, more than the limit of {limit}; read the key, resolve its siblings and put with the context of that read")]
+    TooManySiblings { siblings: usize, limit: usize },
+    #[error("the put would make the key's values {bytes} bytes in total, more than the limit of {limit} bytes; read the key, resolve its siblings and put with the context of that read")]
+    StateTooLarge { bytes: usize, limit: usize },
+    #[error("storage task failed: {0}")]
+    Task(String),
+}
+
+/// One node's copy of its keys.
+pub struct LocalStore {
+    node_id: NodeId,
+    engine: Arc<dyn Engine>,
+    commit: GroupCommit,
+    locks: Vec<Mutex<()>>,
+    epochs: Arc<EpochCounter>,
+    restart_mark: u64,
+    stats: Arc<Stats>,
+    holds_data: AtomicBool,
+    repair_tx: mpsc::UnboundedSender<Vec<u8>>,
+}
+
+impl LocalStore {
+    pub fn new(
+        node_id: NodeId,
+        engine: Arc<dyn Engine>,
+        commit: GroupCommit,
+        epochs: Arc<EpochCounter>,
+        restart_mark: u64,
+        stats: Arc<Stats>,
+        repair_tx: mpsc::UnboundedSender<Vec<u8>>,
+    ) -> Result<LocalStore, StoreError> {
+        let holds_data = !engine.is_empty(Space::Data)?;
+        Ok(LocalStore {
+            node_id,
+            engine,
+            commit,
+            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            epochs,
+            restart_mark,
+            stats,
+            holds_data: AtomicBool::new(holds_data),
+            repair_tx,
+        })
+    }
+
+    pub fn holds_data(&self) -> bool {
+        self.holds_data.load(Ordering::Relaxed)
+    }
+
+    pub fn commit(&self) -> &GroupCommit {
+        &self.commit
+    }
+
+    fn lock_for(&self, stored_key: &[u8]) -> &Mutex<()> {
+        let hash = kv_cluster::hash::digest128(stored_key) as usize;
+        &self.locks[hash % LOCK_STRIPES]
+    }
+
+    /// Reads the local copy of a key (blocking).
+    fn read_blocking(&self, key: &[u8], stored_key: &[u8]) -> Result<LocalCopy, StoreError> {
+        let Some(bytes) = self.engine.get(Space::Data, stored_key)? else {
+            return Ok(LocalCopy::Missing);
+        };
+        let decoded = record::decode(&bytes)
+            .map_err(|error| error.to_string())
+            .and_then(|payload| causality::decode_record(payload).map_err(|error| error.to_string()));
+        match decoded {
+            Ok((state, gen)) => Ok(LocalCopy::Present { state, gen }),
+            Err(reason) => {
+                self.stats.corrupt_records.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(key_len = key.len(), %reason, "stored record is unreadable; treating it as unknown and queueing a repair");
+                let _ = self.repair_tx.send(key.to_vec());
+                Ok(LocalCopy::Unknown)
+            }
+        }
+    }
+
+    fn write_blocking(&self, stored_key: &[u8], state: &State, gen: u64) -> Result<(), StoreError> {
+        let payload = causality::encode_record(state, gen);
+        self.engine.write(&[WriteOp {
+            space: Space::Data,
+            key: stored_key.to_vec(),
+            value: Some(record::encode(&payload)),
+        }])?;
+        self.holds_data.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Reads the local copy of a key.
+    pub async fn read(self: &Arc<Self>, key: &[u8]) -> Result<LocalCopy, StoreError> {
+        let store = self.clone();
+        let key = key.to_vec();
+        run_blocking(move || {
+            let stored_key = storage_key(&key);
+            store.read_blocking(&key, &stored_key)
+        })
+        .await
+    }
+
+    /// Applies a client put as coordinator and writes the result to the
+    /// engine. The caller makes it durable with [`LocalStore::commit`].
+    pub async fn coordinate_put(
+        self: &Arc<Self>,
+        key: &[u8],
+        client_context: VersionVector,
+        value: Value,
+        limits: PutLimits,
+    ) -> Result<PutOutcome, StoreError> {
+        let store = self.clone();
+        let key = key.to_vec();
+        run_blocking(move || {
+            let stored_key = storage_key(&key);
+            let _guard = store.lock_for(&stored_key).lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+
+            let local = store.read_blocking(&key, &stored_key)?;
+            let (old_siblings, old_bytes) = match &local {
+                LocalCopy::Present { state, .. } => (state.sibling_count(), state.value_bytes()),
+                _ => (0, 0),
+            };
+            let outcome = coordinate_put(
+                store.node_id,
+                &local,
+                &client_context,
+                value,
+                &mut EpochHandle(&store.epochs),
+                store.restart_mark,
+            )?;
+
+            // A put that does not grow the key past its old size is always
+            // admitted, so resolving siblings stays possible.
+            let siblings = outcome.state.sibling_count();
+            if siblings > limits.max_siblings && siblings > old_siblings {
+                return Err(StoreError::TooManySiblings {
+                    siblings,
+                    limit: limits.max_siblings,
+                });
+            }
+            let bytes = outcome.state.value_bytes();
+            if bytes > limits.max_state_bytes && bytes > old_bytes {
+                return Err(StoreError::StateTooLarge {
+                    bytes,
+                    limit: limits.max_state_bytes,
+                });
+            }
+
+            store.write_blocking(&stored_key, &outcome.state, outcome.gen)?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    /// Merges an incoming state (replica write, read repair) into the local
+    /// copy and returns once the result is durable.
+    pub async fn store_incoming(self: &Arc<Self>, key: &[u8], incoming: State) -> Result<Stored, StoreError> {
+        let store = self.clone();
+        let key = key.to_vec();
+        let stored = run_blocking(move || {
+            let stored_key = storage_key(&key);
+            let _guard = store.lock_for(&stored_key).lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+
+            let local = store.read_blocking(&key, &stored_key)?;
+            let stored = store_incoming(&local, &incoming, store.epochs.value());
+            if stored.dot_conflicts > 0 {
+                store.stats.dot_conflicts.fetch_add(stored.dot_conflicts as u64, Ordering::Relaxed);
+                tracing::error!(key_len = key.len(), conflicts = stored.dot_conflicts, "two replicas hold the same dot with different values; kept the value with the larger digest");
+            }
+            if stored.changed {
+                store.write_blocking(&stored_key, &stored.state, stored.gen)?;
+            }
+            Ok(stored)
+        })
+        .await?;
+        self.commit.durable().await?;
+        Ok(stored)
+    }
+}
+
+/// Runs a storage closure on the blocking pool.
+async fn run_blocking<T, F>(work: F) -> Result<T, StoreError>
+where
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| StoreError::Task(error.to_string()))?
+}
