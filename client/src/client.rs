@@ -26,8 +26,8 @@ use kv_cluster::{format_node_id, parse_node_id};
 use kv_proto::v1::admin_client::AdminClient;
 use kv_proto::v1::kv_client::KvClient;
 use kv_proto::v1::{
-    AdminReplicaReadRequest, DeleteRequest, GetRequest, MembersRequest, MembersResponse,
-    PingRequest, PutRequest, RingRequest, StatusRequest, StatusResponse,
+    AdminReplicaReadRequest, DeleteRequest, GetRequest, MembersRequest, MembersResponse, PingRequest, PutRequest,
+    RingRequest, StatusRequest, StatusResponse,
 };
 use tokio::sync::Notify;
 use tonic::transport::{Channel, Endpoint};
@@ -87,15 +87,12 @@ impl Client {
 
     /// Creates a client for the cluster reachable at `endpoints`
     /// (`host:port`, or URIs with a scheme) and fetches the ring from the
-    /// first endpoint that answers.
+    /// first endpoint that replies.
     ///
     /// Fails only on an empty list or an endpoint that is not a valid
-    /// address. When no node answers, the client still starts: requests go
+    /// address. When no node replies, the client still starts: requests go
     /// to the endpoints in turn until the ring is known.
-    pub async fn connect_with(
-        endpoints: &[impl AsRef<str>],
-        options: ClientOptions,
-    ) -> Result<Client, Error> {
+    pub async fn connect_with(endpoints: &[impl AsRef<str>], options: ClientOptions) -> Result<Client, Error> {
         let seeds: Vec<String> = endpoints
             .iter()
             .map(|endpoint| endpoint.as_ref().trim().to_string())
@@ -128,12 +125,12 @@ impl Client {
         Ok(client)
     }
 
-    /// The options this client was created with.
+    /// Returns the options this client was created with.
     pub fn options(&self) -> &ClientOptions {
         &self.inner.options
     }
 
-    /// The cached ring, if one was fetched.
+    /// Returns the cached ring, if one was fetched.
     pub fn cached_ring(&self) -> Option<Arc<RingSnapshot>> {
         self.inner.ring.read().ok().and_then(|guard| guard.clone())
     }
@@ -148,11 +145,7 @@ impl Client {
 
     /// Reads a key. A missing key is not an error: it returns no values and
     /// an empty context.
-    pub async fn get_with(
-        &self,
-        key: impl AsRef<[u8]>,
-        options: ReadOptions,
-    ) -> Result<GetResult, Error> {
+    pub async fn get_with(&self, key: impl AsRef<[u8]>, options: ReadOptions) -> Result<GetResult, Error> {
         let key = key.as_ref();
         let message = GetRequest {
             key: key.to_vec(),
@@ -180,8 +173,7 @@ impl Client {
         value: impl Into<Vec<u8>>,
         context: Option<&Context>,
     ) -> Result<PutResult, Error> {
-        self.put_with(key, value, context, WriteOptions::default())
-            .await
+        self.put_with(key, value, context, WriteOptions::default()).await
     }
 
     /// Writes `value` with a per-request write quorum.
@@ -215,13 +207,8 @@ impl Client {
 
     /// Deletes a key. Without a context the coordinator reads at R first
     /// and deletes what that read returned.
-    pub async fn delete(
-        &self,
-        key: impl AsRef<[u8]>,
-        context: Option<&Context>,
-    ) -> Result<DeleteResult, Error> {
-        self.delete_with(key, context, DeleteOptions::default())
-            .await
+    pub async fn delete(&self, key: impl AsRef<[u8]>, context: Option<&Context>) -> Result<DeleteResult, Error> {
+        self.delete_with(key, context, DeleteOptions::default()).await
     }
 
     /// Deletes a key with per-request quorums.
@@ -259,13 +246,9 @@ impl Client {
     /// key) and returns the value to write, or `None` to leave the key
     /// unchanged, in which case `update` returns `Ok(None)`. When the put
     /// reply shows siblings that appeared since the read, the round repeats,
-    /// at most [`ClientOptions::update_attempts`] times; the last put's
-    /// result is returned even if it still has siblings.
-    pub async fn update<F>(
-        &self,
-        key: impl AsRef<[u8]>,
-        mut resolve: F,
-    ) -> Result<Option<PutResult>, Error>
+    /// up to [`ClientOptions::update_attempts`] rounds in all. The last
+    /// put's result is returned even if it still has siblings.
+    pub async fn update<F>(&self, key: impl AsRef<[u8]>, mut resolve: F) -> Result<Option<PutResult>, Error>
     where
         F: FnMut(&[Vec<u8>]) -> Option<Vec<u8>>,
     {
@@ -317,8 +300,8 @@ impl Client {
         .await
     }
 
-    /// The membership table as seen by the node at `address`, or by any
-    /// reachable node when `address` is `None`.
+    /// Fetches the membership table from the node at `address`, or from
+    /// any reachable node when `address` is `None`.
     pub async fn members(&self, address: Option<&str>) -> Result<MembersResponse, Error> {
         let op = |this: &Client, channel| {
             let mut admin = this.admin_client(channel);
@@ -340,11 +323,7 @@ impl Client {
     /// Reads one node's local state of `key` without quorum or repair.
     /// `node` is a node id (hex digits, as `members` shows it) or an
     /// address (`host:port`).
-    pub async fn replica_read(
-        &self,
-        node: &str,
-        key: impl AsRef<[u8]>,
-    ) -> Result<ReplicaRead, Error> {
+    pub async fn replica_read(&self, node: &str, key: impl AsRef<[u8]>) -> Result<ReplicaRead, Error> {
         let address = self.resolve_node(node).await?;
         let message = AdminReplicaReadRequest {
             key: key.as_ref().to_vec(),
@@ -362,10 +341,7 @@ impl Client {
             kv_proto::v1::ReplicaState::Unknown => ReplicaState::Unknown,
             kv_proto::v1::ReplicaState::Unspecified => {
                 return Err(Error::Protocol {
-                    message: format!(
-                        "node {address} returned replica state {} (unspecified)",
-                        reply.kind
-                    ),
+                    message: format!("node {address} returned replica state {} (unspecified)", reply.kind),
                 })
             }
         };
@@ -388,9 +364,7 @@ impl Client {
         }
         let Some(id) = parse_node_id(node) else {
             return Err(Error::InvalidArgument {
-                message: format!(
-                    "{node:?} is neither a node id (hex digits) nor an address (host:port)"
-                ),
+                message: format!("{node:?} is neither a node id (hex digits) nor an address (host:port)"),
             });
         };
         let snapshot = match self.cached_ring() {
@@ -450,21 +424,14 @@ impl Client {
         }
         let fetched = Arc::new(RingSnapshot { ring, addresses });
 
-        let mut guard = self
-            .inner
-            .ring
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut guard = self.inner.ring.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         let keep_cached = guard.as_ref().is_some_and(|cached| {
-            cached.ring.cluster_id == fetched.ring.cluster_id
-                && cached.ring.is_newer_than(&fetched.ring)
+            cached.ring.cluster_id == fetched.ring.cluster_id && cached.ring.is_newer_than(&fetched.ring)
         });
         if keep_cached {
             return Ok(guard.clone().unwrap_or(fetched));
         }
-        let changed = guard
-            .as_ref()
-            .is_none_or(|cached| cached.ring != fetched.ring);
+        let changed = guard.as_ref().is_none_or(|cached| cached.ring != fetched.ring);
         if changed {
             tracing::debug!(
                 version = fetched.ring.version,
@@ -489,11 +456,9 @@ impl Client {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(endpoint_uri(address)).map_err(|error| {
-            Error::InvalidEndpoint {
-                endpoint: address.to_string(),
-                reason: format!("{error}; expected host:port such as 127.0.0.1:7401"),
-            }
+        let endpoint = Endpoint::from_shared(endpoint_uri(address)).map_err(|error| Error::InvalidEndpoint {
+            endpoint: address.to_string(),
+            reason: format!("{error}; expected host:port such as 127.0.0.1:7401"),
         })?;
         let channel = endpoint
             .connect_timeout(self.inner.options.connect_timeout)

@@ -24,7 +24,7 @@ pub struct Context {
 pub struct ContextParseError {
     /// The rejected text, shortened to its first 40 characters.
     pub text: String,
-    /// What the base64 decoder reported.
+    /// Error message of the base64 decoder.
     pub reason: String,
 }
 
@@ -34,7 +34,7 @@ impl Context {
         Context { bytes }
     }
 
-    /// The raw context bytes, as sent on the wire.
+    /// Returns the raw context bytes, as sent on the wire.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
     }
@@ -91,7 +91,8 @@ mod tests {
         let context = Context::from_bytes((0..=255u8).collect());
         let text = context.to_base64();
         assert!(!text.contains('='), "no padding expected in {text}");
-        assert!(!text.contains('+') && !text.contains('/'), "URL-safe alphabet expected");
+        assert!(!text.contains('+'), "URL-safe alphabet expected in {text}");
+        assert!(!text.contains('/'), "URL-safe alphabet expected in {text}");
         assert_eq!(Context::from_base64(&text), Ok(context.clone()));
         assert_eq!(text.parse::<Context>(), Ok(context));
     }

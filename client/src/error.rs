@@ -27,7 +27,7 @@ pub enum Error {
     #[error("invalid argument: {message}")]
     InvalidArgument { message: String },
 
-    /// A node answered `UNAVAILABLE` without a quorum reason, or could not be
+    /// A node replied `UNAVAILABLE` without a quorum reason, or could not be
     /// reached, on a call that targets one node (admin calls). Retryable.
     #[error("node {address} is unavailable: {message}")]
     Unavailable { address: String, message: String },
@@ -44,7 +44,7 @@ pub enum Error {
     #[error("request timed out after {timeout:?}: {message}")]
     DeadlineExceeded { timeout: Duration, message: String },
 
-    /// The key holds the maximum number of siblings or the maximum state
+    /// The key has the maximum number of siblings or the maximum state
     /// size. Not retryable as is: read the key, resolve its siblings and
     /// write the result with the read context.
     #[error("failed precondition: {message}")]
@@ -84,9 +84,9 @@ pub enum Error {
 impl Error {
     /// Returns true when sending the same request again later may succeed.
     ///
-    /// See each variant's documentation: unreachable nodes, failed quorums,
-    /// timeouts and rate limits are retryable; invalid requests, sibling
-    /// caps (resolve first), protocol and unexpected server errors are not.
+    /// Unreachable nodes, failed quorums, timeouts and rate limits are
+    /// retryable. Invalid requests, sibling caps (resolve first), protocol
+    /// and unexpected server errors are not. Each variant documents its case.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Unavailable { .. }
@@ -117,9 +117,7 @@ impl Error {
                 address: address.to_string(),
                 message,
             },
-            Code::DeadlineExceeded | Code::Cancelled => {
-                Error::DeadlineExceeded { timeout, message }
-            }
+            Code::DeadlineExceeded | Code::Cancelled => Error::DeadlineExceeded { timeout, message },
             Code::FailedPrecondition => Error::FailedPrecondition { message },
             Code::ResourceExhausted => Error::ResourceExhausted { message },
             // tonic reports broken connections and HTTP/2 errors as UNKNOWN

@@ -46,7 +46,7 @@
 //! # }
 //! ```
 //!
-//! Errors are [`Error`] values; [`Error::is_retryable`] says whether the
+//! Errors are [`Error`] values; [`Error::is_retryable`] tells whether the
 //! same request may succeed later. A failed quorum
 //! ([`Error::QuorumFailed`]) may have been applied on some replicas.
 
@@ -61,9 +61,8 @@ pub use client::Client;
 pub use context::{Context, ContextParseError};
 pub use error::{should_fail_over, Error, ERROR_METADATA_KEY, QUORUM_ERROR};
 pub use options::{
-    ClientOptions, DeleteOptions, ReadOptions, WriteOptions, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RING_REFRESH_INTERVAL,
-    DEFAULT_UPDATE_ATTEMPTS,
+    ClientOptions, DeleteOptions, ReadOptions, WriteOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_RING_REFRESH_INTERVAL, DEFAULT_UPDATE_ATTEMPTS,
 };
 pub use types::{DeleteResult, GetResult, PutResult, ReplicaRead, ReplicaState, RingSnapshot};
 

@@ -37,7 +37,7 @@ fn append_missing(list: &mut Vec<String>, extra: impl IntoIterator<Item = String
 ///
 /// `start` is a per-request counter used for rotation; `rotate` turns
 /// rotation on or off. Requests without a key always rotate over the
-/// ring's nodes; with rotation off, keyed requests start at the owner and
+/// ring's nodes. With rotation off, keyed requests start at the owner and
 /// seeds are tried in the order given.
 pub(crate) fn candidates(
     snapshot: Option<&RingSnapshot>,

@@ -50,12 +50,12 @@ pub struct DeleteResult {
     pub siblings: Vec<Vec<u8>>,
 }
 
-/// What one replica stores for a key.
+/// State of a key on one replica.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReplicaState {
-    /// The replica holds a state for the key (possibly only tombstones).
+    /// The replica stores a state for the key (possibly only tombstones).
     Present,
-    /// The replica holds nothing for the key.
+    /// The replica stores nothing for the key.
     Missing,
     /// The stored record failed its checksum, so its content is not served.
     Unknown,
@@ -75,7 +75,7 @@ impl ReplicaState {
 /// One node's local state of a key, read without quorum or repair.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaRead {
-    /// Id of the node that answered, 16 hex digits.
+    /// Id of the node that replied, 16 hex digits.
     pub node_id: String,
     /// Address the request was sent to.
     pub address: String,

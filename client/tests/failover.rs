@@ -20,7 +20,7 @@ use tonic::{Code, Request, Response, Status};
 
 #[derive(Clone, Copy)]
 enum Behavior {
-    /// Answers with one value `value` and context `ctx`.
+    /// Serves gets with the value `value` and context `ctx`.
     Serve,
     /// Plain UNAVAILABLE: the node is shutting down.
     ShuttingDown,

@@ -55,7 +55,7 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Load many records from a file.
     Import(ImportArgs),
-    /// List the cluster members as one node sees them.
+    /// List the cluster members and their state as one node observes them.
     Members(MembersArgs),
     /// Show the ring: version, claimant, partitions and their owners.
     Ring(RingArgs),

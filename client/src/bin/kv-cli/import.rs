@@ -2,7 +2,7 @@
 //! loader.
 //!
 //! Parsers turn the whole input into records, each either a key and value
-//! or the reason the input at that line is unusable; an unusable record
+//! or the reason the input at that line is unusable. An unusable record
 //! counts as failed and the rest still load. The whole file is read into
 //! memory first, so inputs are limited by RAM.
 
@@ -104,8 +104,8 @@ pub fn parse_jsonl(text: &str) -> Vec<Parsed> {
 /// Parses deb822 stanzas (paragraphs separated by lines that are empty or
 /// hold only spaces and tabs, as in /var/lib/dpkg/status).
 ///
-/// The key is the value of the field `key_field` (field names compare
-/// case-insensitively, as deb822 specifies); continuation lines (starting
+/// The key is the value of the field `key_field`, whose name compares
+/// case-insensitively as deb822 specifies. Continuation lines (starting
 /// with a space or tab) belong to the previous field and never provide the
 /// key. The value is the whole stanza, its lines joined with `\n` and a
 /// final `\n`. The last stanza needs no blank line after it.
