@@ -556,11 +556,32 @@ impl Client {
             Ok(Ok(reply)) => Ok(reply.into_inner()),
             Ok(Err(status)) if should_fail_over(&status) => Err(Error::Unavailable {
                 address: address.to_string(),
-                message: status.message().to_string(),
+                message: message_with_cause(&status),
             }),
             Ok(Err(status)) => Err(Error::from_status(&status, address, timeout)),
         }
     }
+}
+
+/// Returns the status message followed by the root cause of its error
+/// source chain, because tonic's connection errors carry only "tcp connect
+/// error" and keep the reason (such as "Connection refused") at the root.
+fn message_with_cause(status: &Status) -> String {
+    let mut message = status.message().to_string();
+    let mut root = None;
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        root = Some(cause);
+        source = cause.source();
+    }
+    if let Some(root) = root {
+        let text = root.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+    }
+    message
 }
 
 /// Starts the task that refreshes the ring periodically and after

@@ -35,7 +35,7 @@ pub enum Error {
     /// The coordinator could not reach R or W replicas in time. A write may
     /// still have been applied on some replicas, so a retry with the same
     /// context can leave the first attempt as a sibling. Retryable.
-    #[error("quorum not reached (a write may have been applied on some replicas): {message}")]
+    #[error("quorum not reached: {message}")]
     QuorumFailed { message: String },
 
     /// The request did not finish within its timeout, on the client or on

@@ -13,6 +13,8 @@ mod commands;
 mod import;
 #[path = "kv-cli/output.rs"]
 mod output;
+#[path = "kv-cli/wait.rs"]
+mod wait;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -35,6 +37,8 @@ pub enum CliError {
     Usage { message: String },
     #[error("{failed} of {total} records failed to import")]
     ImportFailed { failed: u64, total: u64 },
+    #[error("cluster not formed after {seconds} s: {reason}; check the node logs")]
+    WaitTimedOut { seconds: u64, reason: String },
 }
 
 /// Maps an error to the exit code documented in `--help`.
@@ -44,6 +48,7 @@ fn exit_code(error: &anyhow::Error) -> u8 {
             CliError::KeyNotFound { .. } => 3,
             CliError::InvalidContext(_) => 5,
             CliError::Usage { .. } => 2,
+            CliError::WaitTimedOut { .. } => 4,
             CliError::Siblings { .. } | CliError::ImportFailed { .. } => 1,
         };
     }
@@ -77,6 +82,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Members(args) => commands::members(&client, args, cli.json).await,
         Command::Ring(args) => commands::ring(&client, args, cli.json).await,
         Command::Status(args) => commands::status(&client, args, &cli.endpoints, cli.json).await,
+        Command::Wait(args) => wait::run(&client, args, &cli.endpoints).await,
     }
 }
 

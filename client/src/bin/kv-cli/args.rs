@@ -61,6 +61,9 @@ pub enum Command {
     Ring(RingArgs),
     /// Show one node's status and counters.
     Status(StatusArgs),
+    /// Wait until every endpoint lists the given number of members as
+    /// normal and up, on one ring version (for scripts).
+    Wait(WaitArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -163,6 +166,16 @@ pub struct StatusArgs {
     pub node: Option<String>,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct WaitArgs {
+    /// Members that must be normal and up.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub nodes: u32,
+    /// Time to wait before failing with exit code 4, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub timeout_secs: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,6 +254,18 @@ mod tests {
     fn ring_partitions_flag() {
         let cli = parse(&["ring", "--partitions"]).expect("valid");
         assert!(matches!(cli.command, Command::Ring(RingArgs { partitions: true })));
+    }
+
+    #[test]
+    fn wait_parses_nodes_and_timeout() {
+        let cli = parse(&["wait", "--nodes", "3", "--timeout-secs", "30"]).expect("valid");
+        match cli.command {
+            Command::Wait(wait) => {
+                assert_eq!(wait.nodes, 3);
+                assert_eq!(wait.timeout_secs, 30);
+            }
+            other => panic!("expected wait, got {other:?}"),
+        }
     }
 
     #[test]

@@ -137,7 +137,10 @@ fn print_write(key: &str, context: &Context, siblings: &[Vec<u8>], json: bool) {
     }
     println!("context: {context}");
     if !siblings.is_empty() {
-        println!("{} concurrent siblings remain:", siblings.len());
+        match siblings.len() {
+            1 => println!("1 concurrent sibling remains:"),
+            count => println!("{count} concurrent siblings remain:"),
+        }
         print_values("sibling", siblings);
     }
 }

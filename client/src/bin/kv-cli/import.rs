@@ -6,6 +6,7 @@
 //! counts as failed and the rest still load. The whole file is read into
 //! memory first, so inputs are limited by RAM.
 
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -227,6 +228,9 @@ pub async fn run(client: &Client, args: &ImportArgs, json: bool) -> anyhow::Resu
         }
     }
 
+    // A terminal gets one progress line rewritten in place, a log file
+    // gets separate lines.
+    let progress_end = if std::io::stderr().is_terminal() { "\r" } else { "\n" };
     let started = Instant::now();
     let mut last_progress = started;
     let blind = args.blind;
@@ -244,12 +248,12 @@ pub async fn run(client: &Client, args: &ImportArgs, json: bool) -> anyhow::Resu
         if last_progress.elapsed() >= PROGRESS_INTERVAL {
             last_progress = Instant::now();
             eprint!(
-                "\rloaded {}, failed {} of {total} records",
+                "loaded {}, failed {} of {total} records{progress_end}",
                 summary.loaded, summary.failed
             );
         }
     }
-    if last_progress != started {
+    if last_progress != started && progress_end == "\r" {
         eprintln!();
     }
     summary.elapsed = started.elapsed();
