@@ -41,6 +41,17 @@ pub enum StorageError {
     )]
     Locked { path: PathBuf },
 
+    /// The data directory contains another engine's files and none of the requested engine.
+    #[error(
+        "data directory {path} contains {found} data, but the {requested} engine was requested: \
+         start with --engine {found}, or use an empty directory for {requested}"
+    )]
+    EngineMismatch {
+        path: PathBuf,
+        found: EngineKind,
+        requested: EngineKind,
+    },
+
     /// The group commit flush that covered this write failed, so the write
     /// may not be durable.
     #[error("group commit flush failed, so recent writes may not be durable: {source}")]

@@ -149,8 +149,10 @@ pub type Entry = (Vec<u8>, Vec<u8>);
 
 /// Ordered key-value store with separate spaces, atomic batches and a durable flush.
 pub trait Engine: Send + Sync + 'static {
+    /// Engine implementation behind this handle.
     fn kind(&self) -> EngineKind;
 
+    /// Returns the value stored at `key`, or `None` if the key is absent.
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
 
     /// Applies the ops atomically; not durable until the next flush.
@@ -163,13 +165,16 @@ pub trait Engine: Send + Sync + 'static {
     /// Makes every write applied before the call durable on disk (a real fsync for fjall).
     fn flush(&self) -> Result<(), StorageError>;
 
+    /// Returns whether `space` contains no key.
     fn is_empty(&self, space: Space) -> Result<bool, StorageError>;
 }
 
 /// Opens (creating if needed) the engine of `kind` in `dir`.
 ///
-/// The engine's files go under `dir/fjall` or `dir/sled`; `dir/LOCK` is held
-/// exclusively until the engine is dropped.
+/// The engine's files go under `dir/fjall` or `dir/sled`, and `dir/LOCK` is
+/// locked exclusively until the engine is dropped. A directory that holds
+/// only the other engine's files is rejected with
+/// [`StorageError::EngineMismatch`] instead of being opened as an empty store.
 pub fn open(kind: EngineKind, dir: &Path) -> Result<Arc<dyn Engine>, StorageError> {
     std::fs::create_dir_all(dir).map_err(|source| StorageError::Io {
         operation: "create data directory",
@@ -178,6 +183,17 @@ pub fn open(kind: EngineKind, dir: &Path) -> Result<Arc<dyn Engine>, StorageErro
     })?;
     let lock = lock::DirLock::acquire(dir)?;
     let engine_dir = dir.join(kind.name());
+    if !engine_dir.exists() {
+        for found in EngineKind::ALL {
+            if found != kind && dir.join(found.name()).exists() {
+                return Err(StorageError::EngineMismatch {
+                    path: dir.to_path_buf(),
+                    found,
+                    requested: kind,
+                });
+            }
+        }
+    }
     let engine: Arc<dyn Engine> = match kind {
         EngineKind::Fjall => Arc::new(fjall_engine::FjallEngine::open(&engine_dir, lock)?),
         EngineKind::Sled => Arc::new(sled_engine::SledEngine::open(&engine_dir, lock)?),

@@ -84,7 +84,7 @@ fn multi_op_write_applies_all(kind: EngineKind) {
     );
     assert_eq!(engine.get(Space::Hints, b"b").unwrap(), Some(b"2".to_vec()));
     assert_eq!(engine.get(Space::Meta, b"old").unwrap(), None);
-    engine.write(&[]).expect("empty write");
+    engine.write(&[]).expect("write of an empty batch failed");
 }
 
 /// A reader that sees the first key of a two-space batch must see the second.
@@ -254,6 +254,27 @@ fn second_open_is_locked(kind: EngineKind) {
     }
 }
 
+fn other_engine_dir_rejected(kind: EngineKind) {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open_engine(kind, dir.path()));
+    for other in EngineKind::ALL.into_iter().filter(|other| *other != kind) {
+        match open(other, dir.path()) {
+            Err(StorageError::EngineMismatch { path, found, requested }) => {
+                assert_eq!(path, dir.path());
+                assert_eq!(found, kind);
+                assert_eq!(requested, other);
+            }
+            Err(error) => panic!("open of {other} returned {error} instead of EngineMismatch"),
+            Ok(_) => panic!("{other} opened a directory that contains {kind} data"),
+        }
+        assert!(
+            !dir.path().join(other.name()).exists(),
+            "rejected open created {other} files"
+        );
+    }
+    drop(open_engine(kind, dir.path()));
+}
+
 fn is_empty_per_space(kind: EngineKind) {
     let dir = tempfile::tempdir().unwrap();
     let engine = open_engine(kind, dir.path());
@@ -421,6 +442,11 @@ macro_rules! conformance_suite {
             #[test]
             fn open_twice_locked() {
                 second_open_is_locked($kind);
+            }
+
+            #[test]
+            fn other_engine_rejected() {
+                other_engine_dir_rejected($kind);
             }
 
             #[test]
