@@ -6,6 +6,7 @@
 //! counts as failed and the rest still load. The whole file is read into
 //! memory first, so inputs are limited by RAM.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
@@ -189,6 +190,24 @@ impl ImportSummary {
     }
 }
 
+/// Splits records into waves that each contain a key at most once: the
+/// n-th record of a key goes to wave n. Loading the waves one after the
+/// other keeps the file order for repeated keys, so the last record
+/// replaces the earlier ones instead of racing them into siblings.
+pub fn split_duplicate_keys(records: Vec<Record>) -> Vec<Vec<Record>> {
+    let mut seen: HashMap<Vec<u8>, usize> = HashMap::new();
+    let mut waves: Vec<Vec<Record>> = Vec::new();
+    for record in records {
+        let occurrence = seen.entry(record.key.clone()).or_insert(0);
+        if waves.len() <= *occurrence {
+            waves.push(Vec::new());
+        }
+        waves[*occurrence].push(record);
+        *occurrence += 1;
+    }
+    waves
+}
+
 /// Writes one record: a read then a put with its context, or a blind put.
 async fn load_record(client: &Client, record: Record, blind: bool) -> Result<(), kv_client::Error> {
     let context = if blind {
@@ -234,23 +253,32 @@ pub async fn run(client: &Client, args: &ImportArgs, json: bool) -> anyhow::Resu
     let started = Instant::now();
     let mut last_progress = started;
     let blind = args.blind;
-    let mut results = futures::stream::iter(records)
-        .map(|record| async move {
-            let key = String::from_utf8_lossy(&record.key).into_owned();
-            (key, load_record(client, record, blind).await)
-        })
-        .buffer_unordered(args.concurrency as usize);
-    while let Some((key, result)) = results.next().await {
-        match result {
-            Ok(()) => summary.loaded += 1,
-            Err(error) => summary.record_failure(format!("key {key:?}"), error.to_string()),
-        }
-        if last_progress.elapsed() >= PROGRESS_INTERVAL {
-            last_progress = Instant::now();
-            eprint!(
-                "loaded {}, failed {} of {total} records{progress_end}",
-                summary.loaded, summary.failed
-            );
+    // Blind puts of one key become siblings whatever their order, so only
+    // the read-then-put mode needs the waves.
+    let waves = if blind {
+        vec![records]
+    } else {
+        split_duplicate_keys(records)
+    };
+    for wave in waves {
+        let mut results = futures::stream::iter(wave)
+            .map(|record| async move {
+                let key = String::from_utf8_lossy(&record.key).into_owned();
+                (key, load_record(client, record, blind).await)
+            })
+            .buffer_unordered(args.concurrency as usize);
+        while let Some((key, result)) = results.next().await {
+            match result {
+                Ok(()) => summary.loaded += 1,
+                Err(error) => summary.record_failure(format!("key {key:?}"), error.to_string()),
+            }
+            if last_progress.elapsed() >= PROGRESS_INTERVAL {
+                last_progress = Instant::now();
+                eprint!(
+                    "loaded {}, failed {} of {total} records{progress_end}",
+                    summary.loaded, summary.failed
+                );
+            }
         }
     }
     if last_progress != started && progress_end == "\r" {
@@ -383,6 +411,30 @@ Description: no blank line after this stanza";
         let failure = parsed[1].as_ref().expect_err("no Package field");
         assert_eq!(failure.line, 3);
         assert!(failure.reason.contains("Package"), "{}", failure.reason);
+    }
+
+    #[test]
+    fn split_duplicate_keys_keeps_file_order() {
+        let record = |key: &str, value: &str| Record {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+        };
+        let waves = split_duplicate_keys(vec![
+            record("a", "1"),
+            record("b", "1"),
+            record("a", "2"),
+            record("a", "3"),
+            record("c", "1"),
+        ]);
+        assert_eq!(waves.len(), 3);
+        assert_eq!(waves[0], vec![record("a", "1"), record("b", "1"), record("c", "1")]);
+        assert_eq!(waves[1], vec![record("a", "2")]);
+        assert_eq!(waves[2], vec![record("a", "3")]);
+    }
+
+    #[test]
+    fn split_duplicate_keys_of_empty_input() {
+        assert!(split_duplicate_keys(Vec::new()).is_empty());
     }
 
     #[test]
