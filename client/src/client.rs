@@ -7,7 +7,9 @@
 //! - A request is sent to the next candidate only after a connection error
 //!   or a plain `UNAVAILABLE`, which means no coordinator handled it. A
 //!   quorum failure, a timeout or any other status is returned at once,
-//!   because the request may have been applied.
+//!   because the request may have been applied. Reads (get, ping, admin
+//!   listings) also move on after a timeout, since repeating them is
+//!   harmless.
 //! - The ring is refreshed by a background task every
 //!   [`ClientOptions::ring_refresh_interval`] and soon after a failover. The
 //!   task stops when the last clone of the client is dropped.
@@ -38,6 +40,14 @@ use crate::options::{ClientOptions, DeleteOptions, ReadOptions, WriteOptions};
 use crate::routing;
 use crate::types::{DeleteResult, GetResult, PutResult, ReplicaRead, ReplicaState, RingSnapshot};
 use crate::Context;
+
+/// Whether a request may run twice without harm. Reads may fail over after
+/// a timeout; writes may not, because the first node may have applied them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Idempotent {
+    Yes,
+    No,
+}
 
 /// Minimum pause between two ring refreshes triggered by failovers.
 const MIN_TRIGGERED_REFRESH_GAP: Duration = Duration::from_secs(1);
@@ -153,7 +163,7 @@ impl Client {
             forwarded: false,
         };
         let reply = self
-            .call_routed(Some(key), |this, channel| {
+            .call_routed(Some(key), Idempotent::Yes, |this, channel| {
                 let mut kv = this.kv_client(channel);
                 let request = this.request(message.clone());
                 async move { kv.get(request).await }
@@ -193,7 +203,7 @@ impl Client {
             forwarded: false,
         };
         let reply = self
-            .call_routed(Some(key), |this, channel| {
+            .call_routed(Some(key), Idempotent::No, |this, channel| {
                 let mut kv = this.kv_client(channel);
                 let request = this.request(message.clone());
                 async move { kv.put(request).await }
@@ -227,7 +237,7 @@ impl Client {
             forwarded: false,
         };
         let reply = self
-            .call_routed(Some(key), |this, channel| {
+            .call_routed(Some(key), Idempotent::No, |this, channel| {
                 let mut kv = this.kv_client(channel);
                 let request = this.request(message.clone());
                 async move { kv.delete(request).await }
@@ -275,7 +285,7 @@ impl Client {
 
     /// Sends an empty request to one node and returns the round-trip time.
     pub async fn ping(&self) -> Result<Duration, Error> {
-        self.call_routed(None, |this, channel| {
+        self.call_routed(None, Idempotent::Yes, |this, channel| {
             let mut kv = this.kv_client(channel);
             let request = this.request(PingRequest {});
             async move {
@@ -310,7 +320,7 @@ impl Client {
         };
         match address {
             Some(address) => self.call_at(address, op).await,
-            None => self.call_routed(None, op).await,
+            None => self.call_routed(None, Idempotent::Yes, op).await,
         }
     }
 
@@ -396,7 +406,7 @@ impl Client {
     /// ring of the same cluster is newer.
     async fn refresh_ring(&self) -> Result<Arc<RingSnapshot>, Error> {
         let reply = self
-            .call_routed(None, |this, channel| {
+            .call_routed(None, Idempotent::Yes, |this, channel| {
                 let mut admin = this.admin_client(channel);
                 let request = this.request(RingRequest {});
                 async move { admin.ring(request).await }
@@ -502,7 +512,8 @@ impl Client {
 
     /// Runs `op` at the candidates for `key` in turn until one node
     /// coordinates it; see the module documentation for the failover rule.
-    async fn call_routed<T, F, Fut>(&self, key: Option<&[u8]>, mut op: F) -> Result<T, Error>
+    /// An idempotent request also moves on after a timeout at one node.
+    async fn call_routed<T, F, Fut>(&self, key: Option<&[u8]>, idempotent: Idempotent, mut op: F) -> Result<T, Error>
     where
         F: FnMut(&Client, Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
@@ -531,6 +542,11 @@ impl Client {
                 Err(Error::Unavailable { address, message }) => {
                     tracing::debug!(%address, %message, "node unavailable; trying the next one");
                     tried.push(format!("{address}: {message}"));
+                    self.inner.refresh_wanted.notify_one();
+                }
+                Err(Error::DeadlineExceeded { timeout, message }) if idempotent == Idempotent::Yes => {
+                    tracing::debug!(%address, ?timeout, "node timed out; trying the next one");
+                    tried.push(format!("{address}: timed out after {timeout:?} ({message})"));
                     self.inner.refresh_wanted.notify_one();
                 }
                 Err(error) => return Err(error),

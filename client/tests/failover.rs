@@ -26,6 +26,8 @@ enum Behavior {
     ShuttingDown,
     /// UNAVAILABLE with the quorum marker.
     QuorumFailure,
+    /// Never replies within any client timeout used here.
+    Hang,
 }
 
 struct FakeNode {
@@ -37,8 +39,12 @@ struct FakeNode {
 }
 
 impl FakeNode {
-    fn check(&self) -> Result<(), Status> {
+    async fn check(&self) -> Result<(), Status> {
         match self.behavior {
+            Behavior::Hang => {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok(())
+            }
             Behavior::Serve => Ok(()),
             Behavior::ShuttingDown => Err(Status::unavailable("node is shutting down")),
             Behavior::QuorumFailure => {
@@ -69,7 +75,7 @@ impl std::ops::Deref for FakeService {
 impl Kv for FakeService {
     async fn get(&self, _request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         self.gets.fetch_add(1, Ordering::SeqCst);
-        self.check()?;
+        self.check().await?;
         Ok(Response::new(GetResponse {
             values: vec![b"value".to_vec()],
             context: b"ctx".to_vec(),
@@ -78,7 +84,7 @@ impl Kv for FakeService {
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let earlier_puts = self.puts.fetch_add(1, Ordering::SeqCst);
-        self.check()?;
+        self.check().await?;
         let request = request.into_inner();
         if request.context != b"ctx" {
             return Err(Status::invalid_argument("expected the context of the get"));
@@ -95,12 +101,12 @@ impl Kv for FakeService {
     }
 
     async fn delete(&self, _request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
-        self.check()?;
+        self.check().await?;
         Ok(Response::new(DeleteResponse::default()))
     }
 
     async fn ping(&self, _request: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
-        self.check()?;
+        self.check().await?;
         Ok(Response::new(PingResponse {}))
     }
 }
@@ -127,9 +133,13 @@ fn start_node(behavior: Behavior, puts_with_sibling: usize) -> (SocketAddr, Arc<
 }
 
 async fn connect(addresses: &[SocketAddr]) -> Client {
+    connect_with_timeout(addresses, Duration::from_secs(5)).await
+}
+
+async fn connect_with_timeout(addresses: &[SocketAddr], request_timeout: Duration) -> Client {
     let endpoints: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
     let options = ClientOptions {
-        request_timeout: Duration::from_secs(5),
+        request_timeout,
         rotate_coordinators: false,
         ..ClientOptions::default()
     };
@@ -170,6 +180,41 @@ async fn quorum_failure_does_not_fail_over() {
         up_node.puts.load(Ordering::SeqCst),
         0,
         "a quorum failure must not be retried elsewhere"
+    );
+}
+
+#[tokio::test]
+async fn get_fails_over_after_timeout() {
+    let (hung, hung_node) = start_node(Behavior::Hang, 0);
+    let (up, up_node) = start_node(Behavior::Serve, 0);
+    let client = connect_with_timeout(&[hung, up], Duration::from_millis(300)).await;
+
+    let read = tokio::time::timeout(Duration::from_secs(20), client.get("k"))
+        .await
+        .expect("get finishes")
+        .expect("second node serves the get");
+    assert_eq!(read.values, vec![b"value".to_vec()]);
+    assert_eq!(hung_node.gets.load(Ordering::SeqCst), 1);
+    assert_eq!(up_node.gets.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn put_timeout_does_not_fail_over() {
+    let (hung, hung_node) = start_node(Behavior::Hang, 0);
+    let (up, up_node) = start_node(Behavior::Serve, 0);
+    let client = connect_with_timeout(&[hung, up], Duration::from_millis(300)).await;
+
+    let context = kv_client::Context::from_bytes(b"ctx".to_vec());
+    let error = tokio::time::timeout(Duration::from_secs(20), client.put("k", b"v".to_vec(), Some(&context)))
+        .await
+        .expect("put finishes")
+        .expect_err("the put times out");
+    assert!(matches!(error, Error::DeadlineExceeded { .. }), "{error:?}");
+    assert_eq!(hung_node.puts.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        up_node.puts.load(Ordering::SeqCst),
+        0,
+        "a timed-out write must not be retried elsewhere"
     );
 }
 

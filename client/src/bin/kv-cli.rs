@@ -69,8 +69,10 @@ fn exit_code(error: &anyhow::Error) -> u8 {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let request_timeout = Duration::from_millis(cli.timeout_ms.max(1));
     let options = ClientOptions {
-        request_timeout: Duration::from_millis(cli.timeout_ms.max(1)),
+        request_timeout,
+        connect_timeout: kv_client::DEFAULT_CONNECT_TIMEOUT.min(request_timeout),
         ..ClientOptions::default()
     };
     let client = Client::connect_with(&cli.endpoints, options).await?;

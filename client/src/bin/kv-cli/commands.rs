@@ -1,6 +1,6 @@
 //! The subcommands of kv-cli other than `import`.
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 
 use anyhow::Context as _;
 use kv_client::proto::{MemberInfo, StatusResponse};
@@ -117,6 +117,9 @@ fn read_value(args: &PutArgs) -> anyhow::Result<Vec<u8>> {
         return std::fs::read(path).with_context(|| format!("cannot read value file {}", path.display()));
     }
     let mut value = Vec::new();
+    if std::io::stdin().is_terminal() {
+        eprintln!("reading the value from standard input; end it with Ctrl-D");
+    }
     std::io::stdin()
         .read_to_end(&mut value)
         .context("cannot read the value from standard input")?;
