@@ -32,8 +32,12 @@ pub enum SyncMode {
     /// A write is acknowledged only after a flush that covers it.
     #[default]
     Always,
-    /// Writes are acknowledged once handed to the operating system; the
-    /// engine is flushed every `interval`.
+    /// Writes are acknowledged at once and the engine is flushed every `interval`.
+    ///
+    /// NOTE: fjall hands each write to the operating system before `write`
+    /// returns, so only a machine crash loses the last interval. sled 0.34
+    /// keeps writes in its own buffers until a flush, so with sled a kill of
+    /// the process can lose them too.
     Periodic { interval: Duration },
 }
 
