@@ -88,8 +88,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Sends log events to standard error when `RUST_LOG` is set, for example
+/// `RUST_LOG=kv_client=debug` to see failovers and ring refreshes.
+fn init_logging() {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
