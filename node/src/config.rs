@@ -121,7 +121,11 @@ pub enum SyncModeArg {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("invalid --{name} {value}: must be between 1 and --n ({n})")]
-    QuorumOutOfRange { name: &'static str, value: u32, n: u32 },
+    QuorumOutOfRange {
+        name: &'static str,
+        value: u32,
+        n: u32,
+    },
     #[error("invalid --partitions {0}: must be a power of two from 1 to 65536")]
     Partitions(u32),
     #[error("invalid --listen {0}: peers cannot reach an unspecified address; give the address they should use")]
@@ -137,7 +141,11 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (name, value) in [("r", self.r), ("w", self.w)] {
             if value == 0 || value > self.n {
-                return Err(ConfigError::QuorumOutOfRange { name, value, n: self.n });
+                return Err(ConfigError::QuorumOutOfRange {
+                    name,
+                    value,
+                    n: self.n,
+                });
             }
         }
         if !self.partitions.is_power_of_two() || self.partitions > 65536 {

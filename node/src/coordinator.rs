@@ -99,7 +99,12 @@ impl Node {
         self.view.ring().preference_list_for_key(key)
     }
 
-    fn check_list_size(&self, list: &[NodeId], needed: usize, name: &str) -> Result<(), RequestError> {
+    fn check_list_size(
+        &self,
+        list: &[NodeId],
+        needed: usize,
+        name: &str,
+    ) -> Result<(), RequestError> {
         if list.len() < needed {
             return Err(RequestError::Quorum(format!(
                 "{name}={needed} needs {needed} replicas, but the cluster has only {} node(s); lower {name} or add nodes",
@@ -109,8 +114,17 @@ impl Node {
         Ok(())
     }
 
-    fn check_reachable(&self, list: &[NodeId], needed: usize, name: &str) -> Result<(), RequestError> {
-        let up: Vec<NodeId> = list.iter().copied().filter(|id| self.view.is_up(*id)).collect();
+    fn check_reachable(
+        &self,
+        list: &[NodeId],
+        needed: usize,
+        name: &str,
+    ) -> Result<(), RequestError> {
+        let up: Vec<NodeId> = list
+            .iter()
+            .copied()
+            .filter(|id| self.view.is_up(*id))
+            .collect();
         if up.len() < needed {
             let down: Vec<String> = list
                 .iter()
@@ -149,12 +163,14 @@ impl Node {
                 )));
             }
         }
-        let client_context = decode_context(key, context).map_err(|error| RequestError::InvalidArgument(error.to_string()))?;
+        let client_context = decode_context(key, context)
+            .map_err(|error| RequestError::InvalidArgument(error.to_string()))?;
         let w = self.quorum(w, self.config.w, "W")?;
         let list = self.preference_list(key);
         self.check_list_size(&list, w, "W")?;
         self.check_reachable(&list, w, "W")?;
-        self.write_quorum(key, value, client_context, w, &list).await
+        self.write_quorum(key, value, client_context, w, &list)
+            .await
     }
 
     async fn write_quorum(
@@ -170,23 +186,32 @@ impl Node {
             max_siblings: self.config.max_siblings,
             max_state_bytes: self.config.max_state_bytes,
         };
-        let outcome = self.store.coordinate_put(key, client_context, value, limits).await?;
+        let outcome = self
+            .store
+            .coordinate_put(key, client_context, value, limits)
+            .await?;
         let state_bytes = Arc::new(outcome.state.encode());
 
         // Local durability and the replica writes run concurrently.
-        let mut pending: FuturesUnordered<futures::future::BoxFuture<'static, (NodeId, Result<(), String>)>> =
-            FuturesUnordered::new();
+        let mut pending: FuturesUnordered<
+            futures::future::BoxFuture<'static, (NodeId, Result<(), String>)>,
+        > = FuturesUnordered::new();
         let me = self.node_id();
         let commit = self.store.commit().clone();
         pending.push(Box::pin(async move {
-            (me, commit.durable().await.map_err(|error| error.to_string()))
+            (
+                me,
+                commit.durable().await.map_err(|error| error.to_string()),
+            )
         }));
         for peer in list.iter().copied().filter(|id| *id != me) {
             let node = self.clone();
             let key = key.to_vec();
             let state_bytes = state_bytes.clone();
             pending.push(Box::pin(async move {
-                let result = node.send_replica_write(peer, &key, state_bytes.as_ref().clone()).await;
+                let result = node
+                    .send_replica_write(peer, &key, state_bytes.as_ref().clone())
+                    .await;
                 (peer, result)
             }));
         }
@@ -211,10 +236,15 @@ impl Node {
 
         // Whatever is still in flight finishes in the background.
         if !pending.is_empty() {
+            let node = self.clone();
             tokio::spawn(async move {
                 while let Some((peer, result)) = pending.next().await {
                     if let Err(reason) = result {
-                        tracing::debug!(peer = %format_node_id(peer), %reason, "background replica write failed");
+                        if let Some(suppressed) = node.warnings.admit("background replica write") {
+                            // NOTE: without hinted handoff the replica catches
+                            // up only when a read repairs the key.
+                            tracing::warn!(peer = %format_node_id(peer), %reason, suppressed, "background replica write failed");
+                        }
                     }
                 }
             });
@@ -254,16 +284,29 @@ impl Node {
 
     /// Sends a key's state to one replica and waits for its durable
     /// acknowledgement.
-    pub async fn send_replica_write(&self, peer: NodeId, key: &[u8], state: Vec<u8>) -> Result<(), String> {
+    pub async fn send_replica_write(
+        &self,
+        peer: NodeId,
+        key: &[u8],
+        state: Vec<u8>,
+    ) -> Result<(), String> {
         let address = self
             .view
             .address_of(peer)
             .ok_or_else(|| "address unknown".to_string())?;
-        let mut client = self.peers.peer(&address).map_err(|status| status.message().to_string())?;
+        let mut client = self
+            .peers
+            .peer(&address)
+            .map_err(|status| status.message().to_string())?;
         let ring = self.view.ring();
         let deadline = self.config.message_deadline();
         let request = ReplicaWriteRequest {
-            header: Some(header(&ring.cluster_id, self.node_id(), ring.version, Some(deadline))),
+            header: Some(header(
+                &ring.cluster_id,
+                self.node_id(),
+                ring.version,
+                Some(deadline),
+            )),
             key: key.to_vec(),
             state,
         };
@@ -274,24 +317,40 @@ impl Node {
         }
     }
 
-    async fn send_replica_read(&self, peer: NodeId, key: &[u8], digest_only: bool) -> Result<Answer, String> {
+    async fn send_replica_read(
+        &self,
+        peer: NodeId,
+        key: &[u8],
+        digest_only: bool,
+    ) -> Result<Answer, String> {
         let address = self
             .view
             .address_of(peer)
             .ok_or_else(|| "address unknown".to_string())?;
-        let mut client = self.peers.peer(&address).map_err(|status| status.message().to_string())?;
+        let mut client = self
+            .peers
+            .peer(&address)
+            .map_err(|status| status.message().to_string())?;
         let ring = self.view.ring();
         let timeout = self.config.request_timeout();
         let request = ReplicaReadRequest {
-            header: Some(header(&ring.cluster_id, self.node_id(), ring.version, Some(timeout))),
+            header: Some(header(
+                &ring.cluster_id,
+                self.node_id(),
+                ring.version,
+                Some(timeout),
+            )),
             key: key.to_vec(),
             digest_only,
         };
-        let response: ReplicaReadResponse = match tokio::time::timeout(timeout, client.replica_read(request)).await {
-            Ok(Ok(response)) => response.into_inner(),
-            Ok(Err(status)) => return Err(format!("{:?}: {}", status.code(), status.message())),
-            Err(_) => return Err("timed out".to_string()),
-        };
+        let response: ReplicaReadResponse =
+            match tokio::time::timeout(timeout, client.replica_read(request)).await {
+                Ok(Ok(response)) => response.into_inner(),
+                Ok(Err(status)) => {
+                    return Err(format!("{:?}: {}", status.code(), status.message()))
+                }
+                Err(_) => return Err("timed out".to_string()),
+            };
         match ReplicaState::try_from(response.kind).unwrap_or(ReplicaState::Unspecified) {
             ReplicaState::Missing if digest_only => Ok(Answer::Digest(None)),
             ReplicaState::Missing => Ok(Answer::State(None)),
@@ -308,15 +367,24 @@ impl Node {
 
     /// Coordinates a read at quorum R. The caller has checked that this node
     /// replicates the key.
-    pub async fn coordinate_get(self: &Arc<Self>, key: &[u8], r: u32) -> Result<ReadResult, RequestError> {
+    pub async fn coordinate_get(
+        self: &Arc<Self>,
+        key: &[u8],
+        r: u32,
+    ) -> Result<ReadResult, RequestError> {
         validate_key(key)?;
         let r = self.quorum(r, self.config.r, "R")?;
         let list = self.preference_list(key);
         self.check_list_size(&list, r, "R")?;
         self.check_reachable(&list, r, "R")?;
         self.stats.gets_coordinated.fetch_add(1, Ordering::Relaxed);
-        self.read_quorum(key, r, &list, rand::random::<f64>() < self.config.read_repair_chance)
-            .await
+        self.read_quorum(
+            key,
+            r,
+            &list,
+            rand::random::<f64>() < self.config.read_repair_chance,
+        )
+        .await
     }
 
     /// Reads a key from the replicas in `list` (which contains this node) and
@@ -350,8 +418,13 @@ impl Node {
         let mut spare: std::collections::VecDeque<NodeId> = others.iter().copied().collect();
 
         type Reply = (NodeId, bool, Result<Answer, String>);
-        let mut pending: FuturesUnordered<futures::future::BoxFuture<'static, Reply>> = FuturesUnordered::new();
-        let launch = |peer: NodeId, digest_only: bool, pending: &mut FuturesUnordered<futures::future::BoxFuture<'static, Reply>>| {
+        let mut pending: FuturesUnordered<futures::future::BoxFuture<'static, Reply>> =
+            FuturesUnordered::new();
+        let launch = |peer: NodeId,
+                      digest_only: bool,
+                      pending: &mut FuturesUnordered<
+            futures::future::BoxFuture<'static, Reply>,
+        >| {
             let node = self.clone();
             let key = key.to_vec();
             pending.push(Box::pin(async move {
@@ -450,13 +523,17 @@ impl Node {
         self: &Arc<Self>,
         key: &[u8],
         mut answers: BTreeMap<NodeId, Answer>,
-        mut pending: FuturesUnordered<futures::future::BoxFuture<'static, (NodeId, bool, Result<Answer, String>)>>,
+        mut pending: FuturesUnordered<
+            futures::future::BoxFuture<'static, (NodeId, bool, Result<Answer, String>)>,
+        >,
     ) {
         let node = self.clone();
         let key = key.to_vec();
         tokio::spawn(async move {
             let deadline = Instant::now() + node.config.message_deadline();
-            while let Ok(Some((peer, _, result))) = tokio::time::timeout_at(deadline, pending.next()).await {
+            while let Ok(Some((peer, _, result))) =
+                tokio::time::timeout_at(deadline, pending.next()).await
+            {
                 if let Ok(answer) = result {
                     let known_state = matches!(answers.get(&peer), Some(Answer::State(_)));
                     if !known_state || matches!(answer, Answer::State(_)) {
@@ -519,16 +596,21 @@ impl Node {
                     .map(|_| ())
                     .map_err(|error| error.to_string())
             } else {
-                self.send_replica_write(peer, key, state_bytes.clone()).await
+                self.send_replica_write(peer, key, state_bytes.clone())
+                    .await
             };
             match result {
                 Ok(()) => repaired += 1,
                 Err(reason) => {
-                    tracing::debug!(peer = %format_node_id(peer), %reason, "read repair failed")
+                    if let Some(suppressed) = self.warnings.admit("read repair") {
+                        tracing::warn!(peer = %format_node_id(peer), %reason, suppressed, "read repair failed");
+                    }
                 }
             }
         }
-        self.stats.read_repairs.fetch_add(repaired, Ordering::Relaxed);
+        self.stats
+            .read_repairs
+            .fetch_add(repaired, Ordering::Relaxed);
     }
 
     /// Coordinates a delete: a put of a tombstone. Without a context it first
@@ -551,7 +633,9 @@ impl Node {
                 });
             }
             let context = encode_context(key, &read.state.context);
-            return self.coordinate_put(key, Value::Tombstone, &context, w).await;
+            return self
+                .coordinate_put(key, Value::Tombstone, &context, w)
+                .await;
         }
         self.coordinate_put(key, Value::Tombstone, context, w).await
     }
@@ -563,7 +647,9 @@ impl Node {
         let reachable = list.iter().filter(|id| self.view.is_up(**id)).count();
         let needed = reachable.saturating_sub(1).max(1);
         if let Err(error) = self.read_quorum(key, needed, &list, true).await {
-            tracing::debug!(%error, "repair read of an unreadable record failed; anti-entropy or the next read will retry");
+            if let Some(suppressed) = self.warnings.admit("repair of an unreadable record") {
+                tracing::warn!(%error, suppressed, "repair of an unreadable record failed; the next read of the key retries it");
+            }
         }
     }
 }

@@ -54,7 +54,9 @@ impl From<crate::store::StoreError> for RequestError {
             StoreError::Epoch(_) => RequestError::Unavailable(format!(
                 "{error}; send the put to another replica of the key"
             )),
-            StoreError::Storage(_) | StoreError::Task(_) => RequestError::Internal(error.to_string()),
+            StoreError::Storage(_) | StoreError::Task(_) => {
+                RequestError::Internal(error.to_string())
+            }
         }
     }
 }

@@ -16,7 +16,9 @@ use crate::peers::header;
 use kv_cluster::membership::{Member, MemberStatus, Membership};
 use kv_cluster::ring::Ring;
 use kv_cluster::{format_node_id, NodeId};
-use kv_proto::v1::{GossipRequest, GossipResponse, JoinRequest, JoinResponse, MemberEntry, PeerHeader};
+use kv_proto::v1::{
+    GossipRequest, GossipResponse, JoinRequest, JoinResponse, MemberEntry, PeerHeader,
+};
 use kv_proto::FORMAT_VERSION;
 use rand::seq::IndexedRandom;
 use std::collections::BTreeSet;
@@ -107,14 +109,19 @@ impl Node {
                 header.cluster_id
             )));
         }
-        if self.view.with_membership(|table| table.removed.contains(&header.sender)) {
+        if self
+            .view
+            .with_membership(|table| table.removed.contains(&header.sender))
+        {
             return Err(identity_refusal(format!(
                 "node {} was removed from cluster {cluster_id}; wipe its data directory to join as a new node",
                 format_node_id(header.sender)
             )));
         }
         if header.deadline_unix_ms != 0 && header.deadline_unix_ms < crate::peers::unix_ms() {
-            return Err(Status::deadline_exceeded("peer message arrived after its deadline; dropped"));
+            return Err(Status::deadline_exceeded(
+                "peer message arrived after its deadline; dropped",
+            ));
         }
         Ok(())
     }
@@ -159,9 +166,16 @@ impl Node {
     }
 
     /// Handles a gossip request from a peer.
-    pub async fn handle_gossip(self: &Arc<Self>, request: GossipRequest) -> Result<GossipResponse, Status> {
+    pub async fn handle_gossip(
+        self: &Arc<Self>,
+        request: GossipRequest,
+    ) -> Result<GossipResponse, Status> {
         self.check_header(request.header.as_ref())?;
-        let sender = request.header.as_ref().map(|header| header.sender).unwrap_or_default();
+        let sender = request
+            .header
+            .as_ref()
+            .map(|header| header.sender)
+            .unwrap_or_default();
         self.check_identity(sender, &request.sender_address)?;
         self.check_shape(request.n, request.partitions)?;
 
@@ -213,7 +227,10 @@ impl Node {
     }
 
     /// Handles a join request from a node that has no ring yet.
-    pub async fn handle_join(self: &Arc<Self>, request: JoinRequest) -> Result<JoinResponse, Status> {
+    pub async fn handle_join(
+        self: &Arc<Self>,
+        request: JoinRequest,
+    ) -> Result<JoinResponse, Status> {
         if request.format_version != FORMAT_VERSION {
             return Err(Status::failed_precondition(format!(
                 "unsupported join format version {}; this node speaks version {FORMAT_VERSION}",
@@ -248,10 +265,9 @@ impl Node {
         }
 
         self.view.with_membership(|table| {
-            let known = table
-                .members
-                .get(&request.node_id)
-                .is_some_and(|member| (member.generation, member.version) >= (request.generation, 0));
+            let known = table.members.get(&request.node_id).is_some_and(|member| {
+                (member.generation, member.version) >= (request.generation, 0)
+            });
             if !known {
                 table.members.insert(
                     request.node_id,
@@ -316,13 +332,26 @@ impl Node {
             .values()
             .filter(|member| member.id != me && !membership.removed.contains(&member.id))
             .collect();
-        let up: Vec<&&Member> = peers.iter().filter(|member| self.view.is_up(member.id)).collect();
-        let down: Vec<&&Member> = peers.iter().filter(|member| !self.view.is_up(member.id)).collect();
+        let up: Vec<&&Member> = peers
+            .iter()
+            .filter(|member| self.view.is_up(member.id))
+            .collect();
+        let down: Vec<&&Member> = peers
+            .iter()
+            .filter(|member| !self.view.is_up(member.id))
+            .collect();
         let mut rng = rand::rng();
         let explore = up.is_empty() || rand::random::<f64>() < 0.25;
         if explore {
-            let mut candidates: Vec<String> = down.iter().map(|member| member.address.clone()).collect();
-            candidates.extend(self.config.seeds.iter().filter(|seed| **seed != self.view.address).cloned());
+            let mut candidates: Vec<String> =
+                down.iter().map(|member| member.address.clone()).collect();
+            candidates.extend(
+                self.config
+                    .seeds
+                    .iter()
+                    .filter(|seed| **seed != self.view.address)
+                    .cloned(),
+            );
             if let Some(address) = candidates.choose(&mut rng) {
                 return Some(address.clone());
             }
@@ -343,7 +372,10 @@ impl Node {
             .values()
             .filter(|member| member.status == MemberStatus::Joining)
             .filter(|member| !ring.owners.contains(&member.id))
-            .filter(|member| !membership.removed.contains(&member.id) && !membership.marked_down.contains(&member.id))
+            .filter(|member| {
+                !membership.removed.contains(&member.id)
+                    && !membership.marked_down.contains(&member.id)
+            })
             .map(|member| member.id)
             .collect();
         if joining.is_empty() {
@@ -352,8 +384,13 @@ impl Node {
         let names: Vec<String> = joining.iter().copied().map(format_node_id).collect();
         let reason = if let Some(reason) = self.view.ring_not_ready_reason() {
             Some(reason)
-        } else if self.store.holds_data() || membership.members.values().any(|member| member.holds_data) {
-            Some("the cluster holds data, and moving partitions to new nodes is not supported yet".to_string())
+        } else if self.store.holds_data()
+            || membership.members.values().any(|member| member.holds_data)
+        {
+            Some(
+                "the cluster holds data, and moving partitions to new nodes is not supported yet"
+                    .to_string(),
+            )
         } else {
             None
         };
@@ -412,17 +449,24 @@ pub async fn join_through_seeds(
     let mut attempts = 0u64;
     loop {
         for seed in seeds {
-            let mut client = peers.peer(seed).map_err(|status| anyhow::anyhow!(status.message().to_string()))?;
+            let mut client = peers
+                .peer(seed)
+                .map_err(|status| anyhow::anyhow!(status.message().to_string()))?;
             match tokio::time::timeout(Duration::from_secs(3), client.join(request.clone())).await {
                 Ok(Ok(response)) => {
                     let response = response.into_inner();
-                    let ring = Ring::decode(&response.ring)
-                        .map_err(|error| anyhow::anyhow!("seed {seed} sent an undecodable ring: {error}"))?;
-                    let membership = from_entries(&response.members, &response.removed, &response.marked_down);
+                    let ring = Ring::decode(&response.ring).map_err(|error| {
+                        anyhow::anyhow!("seed {seed} sent an undecodable ring: {error}")
+                    })?;
+                    let membership =
+                        from_entries(&response.members, &response.removed, &response.marked_down);
                     tracing::info!(%seed, cluster_id = %response.cluster_id, ring_version = ring.version, "joined through seed");
                     return Ok((ring, membership));
                 }
-                Ok(Err(status)) if is_identity_refusal(&status) || status.code() == tonic::Code::FailedPrecondition => {
+                Ok(Err(status))
+                    if is_identity_refusal(&status)
+                        || status.code() == tonic::Code::FailedPrecondition =>
+                {
                     anyhow::bail!("seed {seed} refused the join: {}", status.message());
                 }
                 Ok(Err(status)) => {

@@ -59,7 +59,10 @@ pub struct Meta {
     epochs: Arc<EpochCounter>,
 }
 
-fn read_u64(engine: &dyn Engine, name: &'static [u8]) -> Result<Option<Result<u64, String>>, StorageError> {
+fn read_u64(
+    engine: &dyn Engine,
+    name: &'static [u8],
+) -> Result<Option<Result<u64, String>>, StorageError> {
     let Some(bytes) = engine.get(Space::Meta, name)? else {
         return Ok(None);
     };
@@ -157,7 +160,8 @@ impl Meta {
         let ring = match engine.get(Space::Meta, RING)? {
             None => None,
             Some(bytes) => {
-                let payload = record::decode(&bytes).map_err(|error| corrupt(RING, error.to_string()))?;
+                let payload =
+                    record::decode(&bytes).map_err(|error| corrupt(RING, error.to_string()))?;
                 Some(Ring::decode(payload).map_err(|error| corrupt(RING, error.to_string()))?)
             }
         };

@@ -20,6 +20,8 @@ pub struct Node {
     pub stats: Arc<Stats>,
     pub generation: u64,
     pub restart_mark: u64,
+    /// Rate limit of warnings about failures handled in the background.
+    pub warnings: crate::stats::LogLimiter,
 }
 
 impl Node {

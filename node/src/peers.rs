@@ -25,12 +25,17 @@ impl Peers {
     }
 
     fn channel(&self, address: &str) -> Result<Channel, tonic::Status> {
-        let mut channels = self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|error| tonic::Status::internal(format!("invalid peer address {address:?}: {error}")))?
+            .map_err(|error| {
+                tonic::Status::internal(format!("invalid peer address {address:?}: {error}"))
+            })?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(1))
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -62,12 +67,19 @@ pub fn unix_ms() -> u64 {
 }
 
 /// A peer header for a message from `sender` that expires after `deadline`.
-pub fn header(cluster_id: &str, sender: u64, ring_version: u64, deadline: Option<Duration>) -> PeerHeader {
+pub fn header(
+    cluster_id: &str,
+    sender: u64,
+    ring_version: u64,
+    deadline: Option<Duration>,
+) -> PeerHeader {
     PeerHeader {
         format_version: FORMAT_VERSION,
         cluster_id: cluster_id.to_string(),
         sender,
         ring_version,
-        deadline_unix_ms: deadline.map(|after| unix_ms() + after.as_millis() as u64).unwrap_or(0),
+        deadline_unix_ms: deadline
+            .map(|after| unix_ms() + after.as_millis() as u64)
+            .unwrap_or(0),
     }
 }

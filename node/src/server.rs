@@ -34,8 +34,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let mut config = config;
-    config.data_dir = std::fs::canonicalize(&config.data_dir)
-        .with_context(|| format!("cannot resolve data directory {}", config.data_dir.display()))?;
+    config.data_dir = std::fs::canonicalize(&config.data_dir).with_context(|| {
+        format!(
+            "cannot resolve data directory {}",
+            config.data_dir.display()
+        )
+    })?;
     let config = config;
     let data_dir = config.data_dir.display().to_string();
 
@@ -81,7 +85,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 bail!("{data_dir} holds data but no ring; it is not a usable node directory. Wipe it or point --data-dir elsewhere");
             }
             let cluster_id = format!("{:032x}", rand::random::<u128>());
-            let ring = Ring::new(cluster_id.clone(), config.partitions, config.n, info.node_id)?;
+            let ring = Ring::new(
+                cluster_id.clone(),
+                config.partitions,
+                config.n,
+                info.node_id,
+            )?;
             save_ring(&meta, &ring).await?;
             tracing::info!(%cluster_id, partitions = config.partitions, n = config.n, "created a new cluster");
             (ring, Membership::default())
@@ -95,7 +104,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 partitions: config.partitions,
                 generation: info.generation,
             };
-            let (ring, membership) = join_through_seeds(&peers, &config.seeds, request, shutdown_rx.clone()).await?;
+            let (ring, membership) =
+                join_through_seeds(&peers, &config.seeds, request, shutdown_rx.clone()).await?;
             save_ring(&meta, &ring).await?;
             (ring, membership)
         }
@@ -112,7 +122,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         stats.clone(),
         repair_tx,
     )?);
-    let view = ClusterView::new(info.node_id, address.clone(), ring, membership, config.phi_threshold);
+    let view = ClusterView::new(
+        info.node_id,
+        address.clone(),
+        ring,
+        membership,
+        config.phi_threshold,
+    );
     let node = Arc::new(Node {
         engine_kind,
         view,
@@ -122,6 +138,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         stats,
         generation: info.generation,
         restart_mark: info.restart_mark,
+        warnings: crate::stats::LogLimiter::new(Duration::from_secs(10)),
         config: config.clone(),
     });
     node.view.beat(node.generation, node.store.holds_data());
@@ -254,7 +271,11 @@ async fn check_identity_with_peers(node: &Arc<Node>) -> anyhow::Result<()> {
 }
 
 /// Repairs keys whose local record turned out unreadable.
-async fn run_repairs(node: Arc<Node>, mut keys: mpsc::UnboundedReceiver<Vec<u8>>, mut shutdown: watch::Receiver<bool>) {
+async fn run_repairs(
+    node: Arc<Node>,
+    mut keys: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             key = keys.recv() => {
@@ -268,13 +289,14 @@ async fn run_repairs(node: Arc<Node>, mut keys: mpsc::UnboundedReceiver<Vec<u8>>
 
 fn spawn_signal_handler(shutdown: watch::Sender<bool>) {
     tokio::spawn(async move {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                return;
-            }
-        };
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
             _ = terminate.recv() => tracing::info!("received SIGTERM"),

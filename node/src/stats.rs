@@ -12,3 +12,45 @@ pub struct Stats {
     pub dot_conflicts: AtomicU64,
     pub forwarded: AtomicU64,
 }
+
+/// Limits repeated warnings of one kind to one line per interval, reporting
+/// how many were suppressed in between.
+pub struct LogLimiter {
+    interval: std::time::Duration,
+    state: std::sync::Mutex<std::collections::HashMap<&'static str, (std::time::Instant, u64)>>,
+}
+
+impl LogLimiter {
+    pub fn new(interval: std::time::Duration) -> LogLimiter {
+        LogLimiter {
+            interval,
+            state: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Returns `Some(suppressed)` when a warning of `kind` may be logged now,
+    /// with the number of warnings of that kind suppressed since the last one.
+    pub fn admit(&self, kind: &'static str) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match state.get_mut(kind) {
+            Some((last, suppressed)) if now.duration_since(*last) < self.interval => {
+                *suppressed += 1;
+                None
+            }
+            Some((last, suppressed)) => {
+                let count = *suppressed;
+                *last = now;
+                *suppressed = 0;
+                Some(count)
+            }
+            None => {
+                state.insert(kind, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}

@@ -104,7 +104,9 @@ impl LocalStore {
         };
         let decoded = record::decode(&bytes)
             .map_err(|error| error.to_string())
-            .and_then(|payload| causality::decode_record(payload).map_err(|error| error.to_string()));
+            .and_then(|payload| {
+                causality::decode_record(payload).map_err(|error| error.to_string())
+            });
         match decoded {
             Ok((state, gen)) => Ok(LocalCopy::Present { state, gen }),
             Err(reason) => {
@@ -151,7 +153,10 @@ impl LocalStore {
         let key = key.to_vec();
         run_blocking(move || {
             let stored_key = storage_key(&key);
-            let _guard = store.lock_for(&stored_key).lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let _guard = store
+                .lock_for(&stored_key)
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
 
             let local = store.read_blocking(&key, &stored_key)?;
             let (old_siblings, old_bytes) = match &local {
@@ -192,7 +197,11 @@ impl LocalStore {
 
     /// Merges an incoming state (replica write, read repair) into the local
     /// copy and returns once the result is durable.
-    pub async fn store_incoming(self: &Arc<Self>, key: &[u8], incoming: State) -> Result<Stored, StoreError> {
+    pub async fn store_incoming(
+        self: &Arc<Self>,
+        key: &[u8],
+        incoming: State,
+    ) -> Result<Stored, StoreError> {
         let store = self.clone();
         let key = key.to_vec();
         let stored = run_blocking(move || {

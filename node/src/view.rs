@@ -29,7 +29,13 @@ pub struct ClusterView {
 }
 
 impl ClusterView {
-    pub fn new(node_id: NodeId, address: String, ring: Ring, membership: Membership, phi_threshold: f64) -> ClusterView {
+    pub fn new(
+        node_id: NodeId,
+        address: String,
+        ring: Ring,
+        membership: Membership,
+        phi_threshold: f64,
+    ) -> ClusterView {
         ClusterView {
             node_id,
             address,
@@ -54,13 +60,19 @@ impl ClusterView {
     }
 
     pub fn ring(&self) -> Arc<Ring> {
-        self.ring.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.ring
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Adopts `ring` when it is newer than the current one; returns whether it
     /// did. A ring of another cluster is never adopted.
     pub fn offer_ring(&self, ring: Ring) -> bool {
-        let mut current = self.ring.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut current = self
+            .ring
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if ring.cluster_id != current.cluster_id || !ring.is_newer_than(&current) {
             return false;
         }
@@ -69,12 +81,18 @@ impl ClusterView {
     }
 
     pub fn membership(&self) -> Membership {
-        self.membership.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.membership
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Runs `update` on the membership table under its lock.
     pub fn with_membership<T>(&self, update: impl FnOnce(&mut Membership) -> T) -> T {
-        let mut membership = self.membership.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut membership = self
+            .membership
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         update(&mut membership)
     }
 
@@ -98,7 +116,10 @@ impl ClusterView {
     pub fn observe_heartbeats(&self) {
         let now = self.now_ms();
         let membership = self.membership();
-        let mut liveness = self.liveness.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut liveness = self
+            .liveness
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         for member in membership.members.values() {
             if member.id == self.node_id {
                 continue;
@@ -129,8 +150,13 @@ impl ClusterView {
             return true;
         }
         let now = self.now_ms();
-        let liveness = self.liveness.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        liveness.get(&id).is_some_and(|entry| entry.detector.is_available(now))
+        let liveness = self
+            .liveness
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        liveness
+            .get(&id)
+            .is_some_and(|entry| entry.detector.is_available(now))
     }
 
     /// Phi and milliseconds since the last heartbeat of a peer.
@@ -139,11 +165,17 @@ impl ClusterView {
             return (0.0, Some(0));
         }
         let now = self.now_ms();
-        let liveness = self.liveness.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let liveness = self
+            .liveness
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         match liveness.get(&id) {
             Some(entry) => (
                 entry.detector.phi(now),
-                entry.detector.last_heartbeat_ms().map(|last| now.saturating_sub(last)),
+                entry
+                    .detector
+                    .last_heartbeat_ms()
+                    .map(|last| now.saturating_sub(last)),
             ),
             None => (f64::INFINITY, None),
         }
@@ -152,10 +184,19 @@ impl ClusterView {
     /// Logs peers that went down since the last call; returns the down set.
     pub fn note_down_transitions(&self, previously_down: &mut std::collections::BTreeSet<NodeId>) {
         let membership = self.membership();
-        for id in membership.members.keys().copied().filter(|id| *id != self.node_id) {
+        for id in membership
+            .members
+            .keys()
+            .copied()
+            .filter(|id| *id != self.node_id)
+        {
             let down = !self.is_up(id);
             if down && previously_down.insert(id) {
-                let address = membership.members.get(&id).map(|m| m.address.clone()).unwrap_or_default();
+                let address = membership
+                    .members
+                    .get(&id)
+                    .map(|m| m.address.clone())
+                    .unwrap_or_default();
                 tracing::warn!(peer = %format_node_id(id), %address, "peer is down (failure detector)");
             } else if !down {
                 previously_down.remove(&id);
@@ -184,7 +225,11 @@ impl ClusterView {
             MemberStatus::Joining
         };
         self.with_membership(|table| {
-            let version = table.members.get(&self.node_id).map(|member| member.version + 1).unwrap_or(1);
+            let version = table
+                .members
+                .get(&self.node_id)
+                .map(|member| member.version + 1)
+                .unwrap_or(1);
             table.members.insert(
                 self.node_id,
                 Member {
@@ -210,7 +255,11 @@ impl ClusterView {
                 continue;
             }
             if !self.is_up(member.id) {
-                return Some(format!("ring not ready: node {} ({}) is unreachable", format_node_id(member.id), member.address));
+                return Some(format!(
+                    "ring not ready: node {} ({}) is unreachable",
+                    format_node_id(member.id),
+                    member.address
+                ));
             }
             if member.ring_version != ring.version {
                 return Some(format!(
@@ -240,7 +289,11 @@ fn log_change(change: &MembershipChange) {
         MembershipChange::AddressChanged { id, from, to } => {
             tracing::info!(peer = %format_node_id(*id), %from, %to, "member address changed")
         }
-        MembershipChange::Removed { id } => tracing::info!(peer = %format_node_id(*id), "member removed"),
-        MembershipChange::MarkedDown { id } => tracing::info!(peer = %format_node_id(*id), "member marked down"),
+        MembershipChange::Removed { id } => {
+            tracing::info!(peer = %format_node_id(*id), "member removed")
+        }
+        MembershipChange::MarkedDown { id } => {
+            tracing::info!(peer = %format_node_id(*id), "member marked down")
+        }
     }
 }

@@ -13,8 +13,12 @@ use std::time::Duration;
 /// Flips the last byte of the stored record of `key` in a stopped node's
 /// data directory.
 fn corrupt_record(node: &TestNode, key: &[u8]) {
-    assert!(!node.is_running(), "stop the node before corrupting its data");
-    let engine = kv_storage::open(EngineKind::Fjall, &node.data_dir).expect("open the node's storage");
+    assert!(
+        !node.is_running(),
+        "stop the node before corrupting its data"
+    );
+    let engine =
+        kv_storage::open(EngineKind::Fjall, &node.data_dir).expect("open the node's storage");
     let stored_key = kv_cluster::hash::storage_key(key);
     let mut record = engine
         .get(Space::Data, &stored_key)
@@ -33,7 +37,9 @@ fn corrupt_record(node: &TestNode, key: &[u8]) {
 }
 
 async fn kv_at(address: &str) -> KvClient<tonic::transport::Channel> {
-    KvClient::connect(format!("http://{address}")).await.expect("connect to node")
+    KvClient::connect(format!("http://{address}"))
+        .await
+        .expect("connect to node")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,9 +58,19 @@ async fn corrupt_record_is_not_served_and_gets_repaired() {
         cluster.wait_converged(Duration::from_secs(60)).await;
         let damaged = cluster.nodes[0].address.clone();
 
-        let replica = client.replica_read(&damaged, "ledger").await.expect("replica read");
-        assert_eq!(replica.state, ReplicaState::Unknown, "the damaged record is reported as unknown");
-        assert!(replica.values.is_empty(), "an unknown record's content is never served");
+        let replica = client
+            .replica_read(&damaged, "ledger")
+            .await
+            .expect("replica read");
+        assert_eq!(
+            replica.state,
+            ReplicaState::Unknown,
+            "the damaged record is reported as unknown"
+        );
+        assert!(
+            replica.values.is_empty(),
+            "an unknown record's content is never served"
+        );
 
         // A read coordinated by the damaged node is served from the others.
         let mut kv = kv_at(&damaged).await;
@@ -70,12 +86,19 @@ async fn corrupt_record_is_not_served_and_gets_repaired() {
         assert_eq!(read.values, vec![b"balance=10".to_vec()]);
 
         let (client_ref, damaged_ref) = (&client, &damaged);
-        wait_until(Duration::from_secs(20), "repair of the corrupt record", || async move {
-            client_ref
-                .replica_read(damaged_ref, "ledger")
-                .await
-                .is_ok_and(|replica| replica.state == ReplicaState::Present && replica.values == vec![b"balance=10".to_vec()])
-        })
+        wait_until(
+            Duration::from_secs(20),
+            "repair of the corrupt record",
+            || async move {
+                client_ref
+                    .replica_read(damaged_ref, "ledger")
+                    .await
+                    .is_ok_and(|replica| {
+                        replica.state == ReplicaState::Present
+                            && replica.values == vec![b"balance=10".to_vec()]
+                    })
+            },
+        )
         .await;
         let status = common::status(&damaged).await.expect("status");
         assert!(status.corrupt_records >= 1, "the corrupt record is counted");
@@ -120,14 +143,18 @@ async fn blind_put_onto_corrupt_record_keeps_both_values() {
 
         for address in cluster.addresses() {
             let (client_ref, address_ref) = (&client, &address);
-            wait_until(Duration::from_secs(20), &format!("{address} to hold v1 and v2"), || async move {
-                let Ok(replica) = client_ref.replica_read(address_ref, "doc").await else {
-                    return false;
-                };
-                let mut values = replica.values.clone();
-                values.sort();
-                values == vec![b"v1".to_vec(), b"v2".to_vec()]
-            })
+            wait_until(
+                Duration::from_secs(20),
+                &format!("{address} to hold v1 and v2"),
+                || async move {
+                    let Ok(replica) = client_ref.replica_read(address_ref, "doc").await else {
+                        return false;
+                    };
+                    let mut values = replica.values.clone();
+                    values.sort();
+                    values == vec![b"v1".to_vec(), b"v2".to_vec()]
+                },
+            )
             .await;
         }
     })

@@ -12,9 +12,15 @@ fn expect_refused(node: &mut TestNode, needle: &str) -> String {
     let status = node
         .wait_exit(Duration::from_secs(30))
         .unwrap_or_else(|| panic!("the node was not refused within 30 s; log:\n{}", node.log()));
-    assert!(!status.success(), "a refused node exits with a failure status");
+    assert!(
+        !status.success(),
+        "a refused node exits with a failure status"
+    );
     let log = node.log();
-    assert!(log.contains(needle), "the log does not say {needle:?}:\n{log}");
+    assert!(
+        log.contains(needle),
+        "the log does not say {needle:?}:\n{log}"
+    );
     log
 }
 
@@ -44,7 +50,11 @@ async fn copied_data_directory_is_refused() {
         cluster.nodes[1].spawn();
         cluster.wait_converged(Duration::from_secs(60)).await;
 
-        let mut copy = TestNode::new(cluster.root.path(), "copy", vec![cluster.nodes[0].address.clone()]);
+        let mut copy = TestNode::new(
+            cluster.root.path(),
+            "copy",
+            vec![cluster.nodes[0].address.clone()],
+        );
         copy.data_dir = copy_dir_path;
         copy.spawn();
         expect_refused(&mut copy, "duplicate node id");
@@ -76,7 +86,11 @@ async fn node_of_another_cluster_is_refused() {
 async fn join_with_another_replica_count_is_refused() {
     tokio::time::timeout(TEST_DEADLINE, async {
         let cluster = TestCluster::start(1).await;
-        let mut joiner = TestNode::new(cluster.root.path(), "joiner", vec![cluster.nodes[0].address.clone()]);
+        let mut joiner = TestNode::new(
+            cluster.root.path(),
+            "joiner",
+            vec![cluster.nodes[0].address.clone()],
+        );
         joiner.extra_args = vec!["--n".into(), "5".into()];
         joiner.spawn();
         expect_refused(&mut joiner, "replica count mismatch");
@@ -91,11 +105,20 @@ async fn join_into_cluster_with_data_is_refused() {
         let cluster = TestCluster::start(1).await;
         let client = cluster.client().await;
         client
-            .put_with("present", "data", None, kv_client::WriteOptions { w: Some(1) })
+            .put_with(
+                "present",
+                "data",
+                None,
+                kv_client::WriteOptions { w: Some(1) },
+            )
             .await
             .expect("put into a one-node cluster at W=1");
 
-        let mut joiner = TestNode::new(cluster.root.path(), "joiner", vec![cluster.nodes[0].address.clone()]);
+        let mut joiner = TestNode::new(
+            cluster.root.path(),
+            "joiner",
+            vec![cluster.nodes[0].address.clone()],
+        );
         joiner.spawn();
         expect_refused(&mut joiner, "already holds data");
     })

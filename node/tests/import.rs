@@ -28,9 +28,15 @@ async fn cli_import_of_ten_thousand_records_reads_back() {
             .expect("run kv-cli import");
         let stderr = String::from_utf8_lossy(&output.stderr);
         let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success(), "import failed:\n{stdout}\n{stderr}");
+        assert!(
+            output.status.success(),
+            "import failed:\n{stdout}\n{stderr}"
+        );
         let summary = format!("{stdout}{stderr}");
-        assert!(summary.contains(&format!("loaded {RECORDS}")), "summary: {summary}");
+        assert!(
+            summary.contains(&format!("loaded {RECORDS}")),
+            "summary: {summary}"
+        );
 
         let client = cluster.client().await;
         let client = &client;
@@ -44,7 +50,12 @@ async fn cli_import_of_ten_thousand_records_reads_back() {
             .filter_map(|(index, found)| async move { (!found).then_some(index) })
             .collect()
             .await;
-        assert!(missing.is_empty(), "{} records did not read back, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+        assert!(
+            missing.is_empty(),
+            "{} records did not read back, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
     })
     .await
     .expect("test timed out");

@@ -21,15 +21,28 @@ async fn put_get_delete_round_trip() {
 
         client.delete("fruit", None).await.expect("delete");
         let read = client.get("fruit").await.expect("get after delete");
-        assert!(read.values.is_empty(), "a deleted key reads as missing: {:?}", read.values);
-        assert!(!read.context.is_empty(), "a deleted key still returns its context");
+        assert!(
+            read.values.is_empty(),
+            "a deleted key reads as missing: {:?}",
+            read.values
+        );
+        assert!(
+            !read.context.is_empty(),
+            "a deleted key still returns its context"
+        );
 
         // A put with the tombstone's context supersedes it.
-        client.put("fruit", "pear", Some(&read.context)).await.expect("put after delete");
+        client
+            .put("fruit", "pear", Some(&read.context))
+            .await
+            .expect("put after delete");
         let read = client.get("fruit").await.expect("get after re-put");
         assert_eq!(read.values, vec![b"pear".to_vec()]);
 
-        let missing = client.get("never-written").await.expect("get of a missing key");
+        let missing = client
+            .get("never-written")
+            .await
+            .expect("get of a missing key");
         assert!(missing.values.is_empty());
         assert!(missing.context.is_empty());
     })
@@ -43,19 +56,33 @@ async fn blind_puts_become_siblings_and_context_resolves_them() {
         let cluster = TestCluster::start(3).await;
         let client = cluster.client().await;
 
-        client.put("cart", "milk", None).await.expect("first blind put");
-        client.put("cart", "eggs", None).await.expect("second blind put");
+        client
+            .put("cart", "milk", None)
+            .await
+            .expect("first blind put");
+        client
+            .put("cart", "eggs", None)
+            .await
+            .expect("second blind put");
         let read = client.get("cart").await.expect("get");
         let mut values = read.values.clone();
         values.sort();
-        assert_eq!(values, vec![b"eggs".to_vec(), b"milk".to_vec()], "two blind puts stay siblings");
+        assert_eq!(
+            values,
+            vec![b"eggs".to_vec(), b"milk".to_vec()],
+            "two blind puts stay siblings"
+        );
 
         client
             .put("cart", "eggs,milk", Some(&read.context))
             .await
             .expect("resolving put");
         let read = client.get("cart").await.expect("get after resolving");
-        assert_eq!(read.values, vec![b"eggs,milk".to_vec()], "a put with the read context collapses siblings");
+        assert_eq!(
+            read.values,
+            vec![b"eggs,milk".to_vec()],
+            "a put with the read context collapses siblings"
+        );
     })
     .await
     .expect("test timed out");
@@ -73,7 +100,11 @@ async fn chained_puts_end_with_one_value() {
                 .put("counter", round.to_string(), context.as_ref())
                 .await
                 .expect("chained put");
-            assert!(written.siblings.is_empty(), "round {round} left siblings: {:?}", written.siblings);
+            assert!(
+                written.siblings.is_empty(),
+                "round {round} left siblings: {:?}",
+                written.siblings
+            );
             context = Some(written.context);
         }
         let read = client.get("counter").await.expect("get");
@@ -86,7 +117,10 @@ async fn chained_puts_end_with_one_value() {
 fn assert_invalid(result: Result<impl std::fmt::Debug, Error>, needle: &str) {
     match result {
         Err(Error::InvalidArgument { message }) => {
-            assert!(message.contains(needle), "message {message:?} does not mention {needle:?}")
+            assert!(
+                message.contains(needle),
+                "message {message:?} does not mention {needle:?}"
+            )
         }
         other => panic!("expected INVALID_ARGUMENT mentioning {needle:?}, got {other:?}"),
     }
@@ -110,17 +144,34 @@ async fn invalid_input_is_rejected_and_not_stored() {
         assert_invalid(client.delete("key", Some(&garbage)).await, "context");
 
         let other = client.put("other", "value", None).await.expect("put other");
-        assert_invalid(client.put("key", "value", Some(&other.context)).await, "another key");
+        assert_invalid(
+            client.put("key", "value", Some(&other.context)).await,
+            "another key",
+        );
 
         // The accepted key of 1024 bytes works, and nothing rejected was stored.
         let max_key = vec![b'k'; 1024];
-        client.put(&max_key, "fits", None).await.expect("1024-byte key");
+        client
+            .put(&max_key, "fits", None)
+            .await
+            .expect("1024-byte key");
         for key in [&b"big"[..], b"key"] {
             let read = client.get(key).await.expect("get");
-            assert!(read.values.is_empty(), "a rejected put stored {:?}", read.values);
+            assert!(
+                read.values.is_empty(),
+                "a rejected put stored {:?}",
+                read.values
+            );
             for address in cluster.addresses() {
-                let replica = client.replica_read(&address, key).await.expect("replica read");
-                assert_eq!(replica.state, kv_client::ReplicaState::Missing, "{address} stored a rejected put");
+                let replica = client
+                    .replica_read(&address, key)
+                    .await
+                    .expect("replica read");
+                assert_eq!(
+                    replica.state,
+                    kv_client::ReplicaState::Missing,
+                    "{address} stored a rejected put"
+                );
             }
         }
 
@@ -141,7 +192,10 @@ async fn sibling_cap_rejects_blind_put_until_resolved() {
         let client = cluster.client().await;
 
         for value in ["a", "b", "c"] {
-            client.put("crowded", value, None).await.expect("blind put under the cap");
+            client
+                .put("crowded", value, None)
+                .await
+                .expect("blind put under the cap");
         }
         match client.put("crowded", "d", None).await {
             Err(Error::FailedPrecondition { message }) => {
@@ -155,7 +209,76 @@ async fn sibling_cap_rejects_blind_put_until_resolved() {
             .put("crowded", "abc", Some(&read.context))
             .await
             .expect("a resolving put is admitted");
-        assert_eq!(client.get("crowded").await.expect("get").values, vec![b"abc".to_vec()]);
+        assert_eq!(
+            client.get("crowded").await.expect("get").values,
+            vec![b"abc".to_vec()]
+        );
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_to_non_replica_is_forwarded() {
+    use kv_proto::v1::kv_client::KvClient;
+    use kv_proto::v1::{GetRequest, PutRequest};
+
+    tokio::time::timeout(TEST_DEADLINE, async {
+        let cluster = TestCluster::start(4).await;
+        let client = cluster.client().await;
+        let outsider = cluster.nodes[0].address.clone();
+        let outsider_id =
+            kv_cluster::parse_node_id(&common::status(&outsider).await.expect("status").node_id)
+                .expect("node id");
+        let ring = client.ring().await.expect("ring");
+        let key = (0..1000)
+            .map(|index| format!("forwarded-{index}"))
+            .find(|key| {
+                !ring
+                    .ring
+                    .preference_list_for_key(key.as_bytes())
+                    .contains(&outsider_id)
+            })
+            .expect("some key is not replicated on the first node");
+
+        let mut kv = KvClient::connect(format!("http://{outsider}"))
+            .await
+            .expect("connect");
+        kv.put(PutRequest {
+            key: key.clone().into_bytes(),
+            value: b"via a non-replica".to_vec(),
+            context: Vec::new(),
+            w: 2,
+            forwarded: false,
+        })
+        .await
+        .expect("put through a non-replica");
+        let read = kv
+            .get(GetRequest {
+                key: key.clone().into_bytes(),
+                r: 2,
+                forwarded: false,
+            })
+            .await
+            .expect("get through a non-replica")
+            .into_inner();
+        assert_eq!(read.values, vec![b"via a non-replica".to_vec()]);
+
+        let status = common::status(&outsider).await.expect("status");
+        assert!(
+            status.forwarded >= 2,
+            "the node forwarded {} requests",
+            status.forwarded
+        );
+        let replica = client
+            .replica_read(&outsider, &key)
+            .await
+            .expect("replica read");
+        assert_eq!(
+            replica.state,
+            kv_client::ReplicaState::Missing,
+            "the non-replica stored nothing"
+        );
     })
     .await
     .expect("test timed out");

@@ -30,8 +30,6 @@ impl DirLock {
                 path: path.clone(),
                 source,
             })?;
-        // NOTE: `File::try_lock` needs Rust 1.89, which fjall 3 already requires.
-        #[allow(clippy::incompatible_msrv)]
         match file.try_lock() {
             Ok(()) => Ok(DirLock { _file: file }),
             Err(TryLockError::WouldBlock) => Err(StorageError::Locked {

@@ -9,8 +9,8 @@ use kv_cluster::format_node_id;
 use kv_cluster::version::Value;
 use kv_proto::v1::admin_server::Admin;
 use kv_proto::v1::{
-    AdminReplicaReadRequest, AdminReplicaReadResponse, MemberInfo, MembersRequest, MembersResponse, ReplicaState,
-    RingRequest, RingResponse, StatusRequest, StatusResponse,
+    AdminReplicaReadRequest, AdminReplicaReadResponse, MemberInfo, MembersRequest, MembersResponse,
+    ReplicaState, RingRequest, RingResponse, StatusRequest, StatusResponse,
 };
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,7 +23,10 @@ pub struct AdminService {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         let node = &self.node;
         let ring = node.view.ring();
         let stats = &node.stats;
@@ -54,7 +57,10 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn members(&self, _request: Request<MembersRequest>) -> Result<Response<MembersResponse>, Status> {
+    async fn members(
+        &self,
+        _request: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
         let node = &self.node;
         let ring = node.view.ring();
         let membership = node.view.membership();
@@ -85,7 +91,10 @@ impl Admin for AdminService {
         Ok(Response::new(MembersResponse {
             members,
             cluster_id: ring.cluster_id.clone(),
-            claimant: membership.claimant().map(format_node_id).unwrap_or_default(),
+            claimant: membership
+                .claimant()
+                .map(format_node_id)
+                .unwrap_or_default(),
         }))
     }
 
@@ -95,7 +104,11 @@ impl Admin for AdminService {
         let addresses = ring
             .nodes()
             .into_iter()
-            .filter_map(|id| node.view.address_of(id).map(|address| (format_node_id(id), address)))
+            .filter_map(|id| {
+                node.view
+                    .address_of(id)
+                    .map(|address| (format_node_id(id), address))
+            })
             .collect();
         Ok(Response::new(RingResponse {
             cluster_id: ring.cluster_id.clone(),
@@ -136,7 +149,11 @@ impl Admin for AdminService {
             LocalCopy::Present { state, .. } => AdminReplicaReadResponse {
                 kind: ReplicaState::Present as i32,
                 context: encode_context(&request.key, &state.context),
-                values: state.live_values().into_iter().map(|value| value.to_vec()).collect(),
+                values: state
+                    .live_values()
+                    .into_iter()
+                    .map(|value| value.to_vec())
+                    .collect(),
                 tombstones: state
                     .values
                     .values()

@@ -8,7 +8,8 @@ use kv_cluster::version::Value;
 use kv_cluster::{format_node_id, NodeId};
 use kv_proto::v1::kv_server::Kv;
 use kv_proto::v1::{
-    DeleteRequest, DeleteResponse, GetRequest, GetResponse, PingRequest, PingResponse, PutRequest, PutResponse,
+    DeleteRequest, DeleteResponse, GetRequest, GetResponse, PingRequest, PingResponse, PutRequest,
+    PutResponse,
 };
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -53,7 +54,9 @@ impl KvService {
         self.node.stats.forwarded.fetch_add(1, Ordering::Relaxed);
         let mut last_error = None;
         for target in targets {
-            let Some(address) = self.node.view.address_of(target) else { continue };
+            let Some(address) = self.node.view.address_of(target) else {
+                continue;
+            };
             let client = self.node.peers.kv(&address)?;
             match call(client).await {
                 Ok(response) => return Ok(response),
@@ -61,13 +64,19 @@ impl KvService {
                 Err(status) => return Err(status),
             }
         }
-        Err(last_error.unwrap_or_else(|| Status::unavailable("no replica of the key is reachable to forward the request to")))
+        Err(last_error.unwrap_or_else(|| {
+            Status::unavailable("no replica of the key is reachable to forward the request to")
+        }))
     }
 }
 
 /// True for a failure to reach a node at all (as opposed to an answer).
 pub fn is_connection_failure(status: &Status) -> bool {
-    status.code() == tonic::Code::Unavailable && status.metadata().get(crate::error::ERROR_KIND_KEY).is_none()
+    status.code() == tonic::Code::Unavailable
+        && status
+            .metadata()
+            .get(crate::error::ERROR_KIND_KEY)
+            .is_none()
 }
 
 #[tonic::async_trait]
@@ -88,7 +97,12 @@ impl Kv for KvService {
             }
             Route::Local => {
                 let read = self.node.coordinate_get(&request.key, request.r).await?;
-                let values = read.state.live_values().into_iter().map(|value| value.to_vec()).collect();
+                let values = read
+                    .state
+                    .live_values()
+                    .into_iter()
+                    .map(|value| value.to_vec())
+                    .collect();
                 let context = if read.state.context.is_empty() {
                     Vec::new()
                 } else {
@@ -116,7 +130,12 @@ impl Kv for KvService {
             Route::Local => {
                 let written = self
                     .node
-                    .coordinate_put(&request.key, Value::Data(request.value), &request.context, request.w)
+                    .coordinate_put(
+                        &request.key,
+                        Value::Data(request.value),
+                        &request.context,
+                        request.w,
+                    )
                     .await?;
                 Ok(Response::new(PutResponse {
                     context: written.context,
@@ -126,7 +145,10 @@ impl Kv for KvService {
         }
     }
 
-    async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
         let request = request.into_inner();
         match self.route(&request.key, request.forwarded)? {
             Route::Forward(targets) => {

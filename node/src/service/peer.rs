@@ -7,8 +7,8 @@ use kv_cluster::format_node_id;
 use kv_cluster::version::State;
 use kv_proto::v1::peer_server::Peer;
 use kv_proto::v1::{
-    GossipRequest, GossipResponse, JoinRequest, JoinResponse, PeerHeader, ReplicaReadRequest, ReplicaReadResponse,
-    ReplicaState, ReplicaWriteRequest, ReplicaWriteResponse,
+    GossipRequest, GossipResponse, JoinRequest, JoinResponse, PeerHeader, ReplicaReadRequest,
+    ReplicaReadResponse, ReplicaState, ReplicaWriteRequest, ReplicaWriteResponse,
 };
 use kv_proto::FORMAT_VERSION;
 use std::sync::Arc;
@@ -28,7 +28,10 @@ impl PeerService {
         if sender_version > ring.version {
             return Ok(());
         }
-        if !ring.preference_list_for_key(key).contains(&self.node.node_id()) {
+        if !ring
+            .preference_list_for_key(key)
+            .contains(&self.node.node_id())
+        {
             return Err(Status::failed_precondition(format!(
                 "node {} does not replicate this key in ring version {}; refresh the ring",
                 format_node_id(self.node.node_id()),
@@ -70,7 +73,11 @@ impl Peer for PeerService {
                 format_version: FORMAT_VERSION,
                 kind: ReplicaState::Present as i32,
                 digest: encode_digest(state.digest(&request.key)),
-                state: if request.digest_only { Vec::new() } else { state.encode() },
+                state: if request.digest_only {
+                    Vec::new()
+                } else {
+                    state.encode()
+                },
             },
         };
         Ok(Response::new(response))
@@ -84,8 +91,9 @@ impl Peer for PeerService {
         self.node.check_header(request.header.as_ref())?;
         validate_key(&request.key)?;
         self.check_replica(request.header.as_ref(), &request.key)?;
-        let state = State::decode(&request.state)
-            .map_err(|error| Status::invalid_argument(format!("replica write with an invalid state: {error}")))?;
+        let state = State::decode(&request.state).map_err(|error| {
+            Status::invalid_argument(format!("replica write with an invalid state: {error}"))
+        })?;
         self.node
             .store
             .store_incoming(&request.key, state)
@@ -96,11 +104,18 @@ impl Peer for PeerService {
         }))
     }
 
-    async fn gossip(&self, request: Request<GossipRequest>) -> Result<Response<GossipResponse>, Status> {
-        Ok(Response::new(self.node.handle_gossip(request.into_inner()).await?))
+    async fn gossip(
+        &self,
+        request: Request<GossipRequest>,
+    ) -> Result<Response<GossipResponse>, Status> {
+        Ok(Response::new(
+            self.node.handle_gossip(request.into_inner()).await?,
+        ))
     }
 
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-        Ok(Response::new(self.node.handle_join(request.into_inner()).await?))
+        Ok(Response::new(
+            self.node.handle_join(request.into_inner()).await?,
+        ))
     }
 }

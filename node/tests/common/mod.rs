@@ -61,7 +61,11 @@ impl TestNode {
 
     /// Starts the process (no waiting for readiness).
     pub fn spawn(&mut self) {
-        assert!(self.child.is_none(), "node {} is already running", self.address);
+        assert!(
+            self.child.is_none(),
+            "node {} is already running",
+            self.address
+        );
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -167,7 +171,10 @@ impl TestCluster {
             let seeds = if index == 0 {
                 Vec::new()
             } else {
-                vec![nodes.first().map(|first: &TestNode| first.address.clone()).unwrap_or_default()]
+                vec![nodes
+                    .first()
+                    .map(|first: &TestNode| first.address.clone())
+                    .unwrap_or_default()]
             };
             let mut node = TestNode::new(root.path(), &format!("node{index}"), seeds);
             node.extra_args = extra_args.iter().map(|arg| arg.to_string()).collect();
@@ -190,7 +197,9 @@ impl TestCluster {
             .filter(|node| node.is_running())
             .map(|node| node.address.clone())
             .collect();
-        kv_client::Client::connect(&running).await.expect("connect client")
+        kv_client::Client::connect(&running)
+            .await
+            .expect("connect client")
     }
 
     /// Waits until every running node lists every node up, normal and on one
@@ -208,9 +217,14 @@ impl TestCluster {
             async move {
                 let mut versions = Vec::new();
                 for address in &running {
-                    let Ok(members) = members(address).await else { return false };
+                    let Ok(members) = members(address).await else {
+                        return false;
+                    };
                     let ready = members.members.len() == expected
-                        && members.members.iter().all(|member| member.up && member.status == "normal");
+                        && members
+                            .members
+                            .iter()
+                            .all(|member| member.up && member.status == "normal");
                     if !ready {
                         return false;
                     }
@@ -224,27 +238,41 @@ impl TestCluster {
 
     /// Waits until the node at `observer` sees the node at `target` as up
     /// (or down), and returns how long that took.
-    pub async fn wait_member_up(&self, observer: &str, target: &str, up: bool, within: Duration) -> Duration {
+    pub async fn wait_member_up(
+        &self,
+        observer: &str,
+        target: &str,
+        up: bool,
+        within: Duration,
+    ) -> Duration {
         let started = Instant::now();
         let observer = observer.to_string();
         let target = target.to_string();
-        wait_until(within, &format!("{observer} to see {target} up={up}"), || {
-            let observer = observer.clone();
-            let target = target.clone();
-            async move {
-                let Ok(members) = members(&observer).await else { return false };
-                members
-                    .members
-                    .iter()
-                    .any(|member| member.address == target && member.up == up)
-            }
-        })
+        wait_until(
+            within,
+            &format!("{observer} to see {target} up={up}"),
+            || {
+                let observer = observer.clone();
+                let target = target.clone();
+                async move {
+                    let Ok(members) = members(&observer).await else {
+                        return false;
+                    };
+                    members
+                        .members
+                        .iter()
+                        .any(|member| member.address == target && member.up == up)
+                }
+            },
+        )
         .await;
         started.elapsed()
     }
 }
 
-pub async fn admin(address: &str) -> Result<AdminClient<tonic::transport::Channel>, tonic::transport::Error> {
+pub async fn admin(
+    address: &str,
+) -> Result<AdminClient<tonic::transport::Channel>, tonic::transport::Error> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .expect("valid address")
         .connect_timeout(Duration::from_secs(1))
@@ -275,7 +303,10 @@ where
         if condition().await {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
