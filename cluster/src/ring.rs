@@ -150,6 +150,9 @@ impl Ring {
     /// laid out afresh, and from then on each new node takes about Q / n
     /// partitions from the most loaded owners, so nothing moves between old
     /// nodes. The result is deterministic.
+    ///
+    /// NOTE: a node joining a ring with fewer partitions than nodes gets no
+    /// partition and so does not appear in [`Ring::nodes`].
     pub fn with_nodes_added(&self, joining: &[NodeId], claimant: NodeId) -> Ring {
         let mut next = self.clone();
         next.version = self.version.saturating_add(1);
@@ -569,6 +572,21 @@ mod tests {
                     "Q={partitions} N={replicas} n={n}: new node received {received}, expected about {mean_share:.1}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn large_ring_growth_keeps_spacing() {
+        let rings = grow(16384, 3, 10);
+        let last = rings.last().expect("ten rings");
+        assert!(last.keeps_spacing());
+        let mean = 16384.0 * 3.0 / 10.0;
+        for (node, count) in last.replicas_per_node() {
+            let count = f64::from(count);
+            assert!(
+                (count - mean).abs() <= mean * 0.02,
+                "node {node:x} holds {count} replicas, mean {mean:.1}"
+            );
         }
     }
 
