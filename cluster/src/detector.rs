@@ -236,7 +236,11 @@ mod tests {
         for second in 0..120 {
             let now = second * 1000;
             if second > 0 {
-                assert!(detector.phi(now) < 1.0, "phi {} at {now}", detector.phi(now));
+                assert!(
+                    detector.phi(now) < 1.0,
+                    "phi {} at {now}",
+                    detector.phi(now)
+                );
             }
             detector.heartbeat(now);
             assert!(detector.phi(now) < 0.1);
@@ -256,7 +260,10 @@ mod tests {
             let intervals = irregular_intervals(seed, 200);
             let (detector, last) = feed(&intervals);
             let delay = detection_delay(&detector, last);
-            assert!((3000..=6000).contains(&delay), "seed {seed}: delay {delay} ms");
+            assert!(
+                (3000..=6000).contains(&delay),
+                "seed {seed}: delay {delay} ms"
+            );
         }
     }
 
@@ -284,7 +291,10 @@ mod tests {
         let mut previous = detector.phi(last);
         for step in 1..=10_000 {
             let phi = detector.phi(last + step * 10);
-            assert!(phi >= previous, "phi fell from {previous} to {phi} at step {step}");
+            assert!(
+                phi >= previous,
+                "phi fell from {previous} to {phi} at step {step}"
+            );
             assert!(phi.is_finite(), "phi is not finite at step {step}");
             previous = phi;
         }

@@ -203,6 +203,8 @@ impl Ring {
             .map(|(i, &node)| (node, i as u16))
             .collect();
         let id = self.cluster_id.as_bytes();
+        // NOTE: a cluster id longer than 65535 bytes is cut, and the cut copy
+        // may fail to decode. Ids minted by nodes are 32 hex digits.
         let id = &id[..id.len().min(u16::MAX as usize)];
 
         let mut out = Vec::with_capacity(35 + id.len() + nodes.len() * 8 + self.owners.len() * 2);
