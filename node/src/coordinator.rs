@@ -46,6 +46,10 @@ pub struct ReadResult {
     pub state: State,
 }
 
+/// Replica reads in flight: (replica, digest only, answer).
+type PendingReads =
+    FuturesUnordered<futures::future::BoxFuture<'static, (NodeId, bool, Result<Answer, String>)>>;
+
 /// One replica's answer to a read.
 #[derive(Clone, Debug)]
 enum Answer {
@@ -417,14 +421,8 @@ impl Node {
         others.sort_by_key(|id| !self.view.is_up(*id));
         let mut spare: std::collections::VecDeque<NodeId> = others.iter().copied().collect();
 
-        type Reply = (NodeId, bool, Result<Answer, String>);
-        let mut pending: FuturesUnordered<futures::future::BoxFuture<'static, Reply>> =
-            FuturesUnordered::new();
-        let launch = |peer: NodeId,
-                      digest_only: bool,
-                      pending: &mut FuturesUnordered<
-            futures::future::BoxFuture<'static, Reply>,
-        >| {
+        let mut pending: PendingReads = FuturesUnordered::new();
+        let launch = |peer: NodeId, digest_only: bool, pending: &mut PendingReads| {
             let node = self.clone();
             let key = key.to_vec();
             pending.push(Box::pin(async move {
@@ -523,9 +521,7 @@ impl Node {
         self: &Arc<Self>,
         key: &[u8],
         mut answers: BTreeMap<NodeId, Answer>,
-        mut pending: FuturesUnordered<
-            futures::future::BoxFuture<'static, (NodeId, bool, Result<Answer, String>)>,
-        >,
+        mut pending: PendingReads,
     ) {
         let node = self.clone();
         let key = key.to_vec();

@@ -475,7 +475,7 @@ pub async fn join_through_seeds(
                 Err(_) => tracing::debug!(%seed, "join attempt timed out"),
             }
         }
-        if attempts % 10 == 0 {
+        if attempts.is_multiple_of(10) {
             tracing::info!(seeds = ?seeds, "waiting for a seed to answer the join request");
         }
         attempts += 1;

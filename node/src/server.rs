@@ -10,7 +10,7 @@ use crate::service::admin::AdminService;
 use crate::service::kv::KvService;
 use crate::service::peer::PeerService;
 use crate::stats::Stats;
-use crate::store::LocalStore;
+use crate::store::{LocalStore, StoreIdentity};
 use crate::view::ClusterView;
 use anyhow::{bail, Context as _};
 use kv_cluster::membership::Membership;
@@ -50,11 +50,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await?
         .with_context(|| format!("cannot open the {engine_kind} storage in {data_dir}"))?;
     let commit = GroupCommit::start(engine.clone(), config.sync_mode());
-    let (meta, info) = {
+    let (meta, info, holds_data) = {
         let engine = engine.clone();
         let commit = commit.clone();
         let data_dir = data_dir.clone();
-        tokio::task::spawn_blocking(move || Meta::open(engine, commit, data_dir)).await??
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let holds_data = !engine.is_empty(Space::Data)?;
+            let (meta, info) = Meta::open(engine, commit, data_dir)?;
+            Ok((meta, info, holds_data))
+        })
+        .await??
     };
     if info.unclean_restart {
         tracing::warn!(restart_mark = info.restart_mark, "the previous run did not stop cleanly; keys it wrote last will continue under fresh epochs");
@@ -81,7 +86,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             (ring, Membership::default())
         }
         None if config.seeds.is_empty() || config.bootstrap => {
-            if !engine.is_empty(Space::Data)? {
+            if holds_data {
                 bail!("{data_dir} holds data but no ring; it is not a usable node directory. Wipe it or point --data-dir elsewhere");
             }
             let cluster_id = format!("{:032x}", rand::random::<u128>());
@@ -114,14 +119,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let stats = Arc::new(Stats::default());
     let (repair_tx, repair_rx) = mpsc::unbounded_channel();
     let store = Arc::new(LocalStore::new(
-        info.node_id,
+        StoreIdentity {
+            node_id: info.node_id,
+            restart_mark: info.restart_mark,
+            holds_data,
+        },
         engine.clone(),
         commit.clone(),
         meta.epochs(),
-        info.restart_mark,
         stats.clone(),
         repair_tx,
-    )?);
+    ));
     let view = ClusterView::new(
         info.node_id,
         address.clone(),

@@ -47,6 +47,16 @@ pub enum StoreError {
     Task(String),
 }
 
+/// What a store needs to know about its node at start.
+pub struct StoreIdentity {
+    pub node_id: NodeId,
+    /// Actors of this node with an epoch at or below the mark are never
+    /// continued (set after an unclean stop).
+    pub restart_mark: u64,
+    /// True when the data space held a key at start.
+    pub holds_data: bool,
+}
+
 /// One node's copy of its keys.
 pub struct LocalStore {
     node_id: NodeId,
@@ -62,16 +72,19 @@ pub struct LocalStore {
 
 impl LocalStore {
     pub fn new(
-        node_id: NodeId,
+        identity: StoreIdentity,
         engine: Arc<dyn Engine>,
         commit: GroupCommit,
         epochs: Arc<EpochCounter>,
-        restart_mark: u64,
         stats: Arc<Stats>,
         repair_tx: mpsc::UnboundedSender<Vec<u8>>,
-    ) -> Result<LocalStore, StoreError> {
-        let holds_data = !engine.is_empty(Space::Data)?;
-        Ok(LocalStore {
+    ) -> LocalStore {
+        let StoreIdentity {
+            node_id,
+            restart_mark,
+            holds_data,
+        } = identity;
+        LocalStore {
             node_id,
             engine,
             commit,
@@ -81,7 +94,7 @@ impl LocalStore {
             stats,
             holds_data: AtomicBool::new(holds_data),
             repair_tx,
-        })
+        }
     }
 
     pub fn holds_data(&self) -> bool {
