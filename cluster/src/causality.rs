@@ -3,8 +3,8 @@
 //!
 //! Counters are per key, so a node whose copy of a key lost information
 //! could issue a dot that already names a different value on another
-//! replica, and one of the two acknowledged values would silently disappear
-//! in the next merge. A copy can lose information without the node noticing:
+//! replica. One of the two acknowledged values would then silently
+//! disappear in the next merge. A copy can lose information without the node noticing:
 //! it is wiped or corrupted and then refilled from an older replica, or an
 //! unclean stop loses its last writes. Three rules keep every dot unique:
 //!
@@ -52,7 +52,8 @@ pub struct EpochUnavailable;
 
 /// The node-wide epoch counter.
 pub trait EpochSource {
-    /// The node-wide epoch counter now (the largest epoch handed out so far, or the reserved floor after a restart). Never goes back.
+    /// Returns the node-wide epoch counter now: the largest epoch handed out
+    /// so far, or the reserved floor after a restart. It never goes back.
     fn current(&self) -> u64;
     /// Hands out a new epoch, strictly greater than every earlier one.
     fn fresh_epoch(&mut self) -> Result<u64, EpochUnavailable>;
@@ -75,11 +76,13 @@ pub struct PutOutcome {
 ///
 /// The new state keeps the values of the local state whose dots the client
 /// context does not cover, adds the new dotted value, and has context
-/// local ⊔ client ⊔ {actor: counter}. The actor continues `(node, e)`, with
-/// `e` the largest epoch of `node` in the local context, only if the local
-/// copy is present, `e > gen`, `e > restart_mark`, and the client context has
-/// no counter of any actor of `node` beyond what the local context covers;
-/// otherwise the put takes a fresh epoch. A put onto a missing or unknown
+/// local ⊔ client ⊔ {actor: counter}.
+///
+/// The put continues the actor `(node, e)`, with `e` the largest epoch of
+/// `node` in the local context, only if the local copy is present,
+/// `e > gen` and `e > restart_mark`. The client context must also have no
+/// counter of any actor of `node` beyond what the local context covers.
+/// Otherwise the put takes a fresh epoch. A put onto a missing or unknown
 /// copy creates it with `gen = epochs.current()`, read before the fresh
 /// epoch is drawn so that the fresh epoch is greater than `gen`; a put onto a
 /// present copy keeps its `gen`.
@@ -100,9 +103,7 @@ pub fn coordinate_put(
     };
 
     let continued = match local {
-        LocalCopy::Present { state, gen } => {
-            continuable_actor(node, state, *gen, restart_mark, client_context)
-        }
+        LocalCopy::Present { state, gen } => continuable_actor(node, state, *gen, restart_mark, client_context),
         LocalCopy::Missing | LocalCopy::Unknown => None,
     };
     let (actor, fresh_epoch) = match continued {
@@ -164,9 +165,7 @@ fn continuable_actor(
     let client_ahead = client_context
         .entries
         .iter()
-        .any(|(client_actor, &counter)| {
-            client_actor.node == node && counter > local.context.get(client_actor)
-        });
+        .any(|(client_actor, &counter)| client_actor.node == node && counter > local.context.get(client_actor));
     if client_ahead {
         return None;
     }
@@ -180,11 +179,11 @@ pub struct Stored {
     pub state: State,
     /// The local `gen` to store with it.
     pub gen: u64,
-    /// Whether the stored bytes differ from the record before; the caller
+    /// Whether the stored bytes differ from the record before. The caller
     /// may skip the write when this is false.
     pub changed: bool,
     /// Dots that the local and incoming states held with different values
-    /// (see [`crate::version::Merged`]); the caller logs and counts them.
+    /// (see [`crate::version::Merged`]). The caller logs and counts them.
     pub dot_conflicts: u32,
 }
 
@@ -243,7 +242,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<(State, u64), DecodeError> {
     }
     if rest.len() < 8 {
         return Err(DecodeError::Invalid(format!(
-            "truncated record: gen needs 8 bytes, {} left",
+            "truncated record: gen needs 8 bytes, only {} left",
             rest.len()
         )));
     }
@@ -282,10 +281,7 @@ mod tests {
     }
 
     fn epochs(counter: u64) -> TestEpochs {
-        TestEpochs {
-            counter,
-            fail: false,
-        }
+        TestEpochs { counter, fail: false }
     }
 
     fn actor(node: NodeId, epoch: u64) -> Actor {
@@ -344,19 +340,12 @@ mod tests {
     }
 
     #[test]
-    fn put_onto_unknown_takes_fresh_epoch_and_drops_nothing_known() {
+    fn put_onto_unknown_takes_fresh_epoch() {
         let mut source = epochs(2);
         let client = vector(&[(actor(OTHER, 1), 3)]);
 
-        let outcome = coordinate_put(
-            NODE,
-            &LocalCopy::Unknown,
-            &client,
-            data("v"),
-            &mut source,
-            0,
-        )
-        .expect("epochs available");
+        let outcome =
+            coordinate_put(NODE, &LocalCopy::Unknown, &client, data("v"), &mut source, 0).expect("epochs available");
 
         assert!(outcome.fresh_epoch);
         assert_eq!(outcome.gen, 2);
@@ -405,7 +394,7 @@ mod tests {
     }
 
     #[test]
-    fn put_takes_fresh_epoch_when_actor_not_above_gen() {
+    fn put_fresh_epoch_when_gen_not_below() {
         // The copy was refilled while the counter was 5, so actor epoch 5
         // may have issued dots that the copy lacks.
         let local = state(&[(actor(NODE, 5), 1)], &[(dot(NODE, 5, 1), data("v1"))]);
@@ -428,7 +417,7 @@ mod tests {
     }
 
     #[test]
-    fn put_takes_fresh_epoch_when_actor_not_above_restart_mark() {
+    fn put_fresh_epoch_after_restart_mark() {
         let local = state(&[(actor(NODE, 5), 1)], &[(dot(NODE, 5, 1), data("v1"))]);
         let mut source = epochs(8);
 
@@ -447,20 +436,13 @@ mod tests {
     }
 
     #[test]
-    fn put_takes_fresh_epoch_when_client_context_is_ahead() {
+    fn put_fresh_epoch_when_client_ahead() {
         let local = state(&[(actor(NODE, 5), 1)], &[(dot(NODE, 5, 1), data("v1"))]);
         let client = vector(&[(actor(NODE, 5), 2)]);
         let mut source = epochs(6);
 
-        let outcome = coordinate_put(
-            NODE,
-            &present(local, 0),
-            &client,
-            data("v3"),
-            &mut source,
-            0,
-        )
-        .expect("epochs available");
+        let outcome =
+            coordinate_put(NODE, &present(local, 0), &client, data("v3"), &mut source, 0).expect("epochs available");
 
         assert!(outcome.fresh_epoch);
         assert_eq!(outcome.dot, dot(NODE, 7, 1));
@@ -469,16 +451,16 @@ mod tests {
     }
 
     #[test]
-    fn put_takes_fresh_epoch_when_client_ahead_on_older_actor() {
+    fn put_fresh_epoch_client_ahead_older_actor() {
         // The client has seen more of an older actor of this node than the
-        // local copy: the copy lost something even though its newest actor
+        // local copy, so the copy lost writes even though its newest actor
         // could otherwise be continued.
         let local = state(&[(actor(NODE, 3), 1), (actor(NODE, 5), 1)], &[]);
         let client = vector(&[(actor(NODE, 3), 2)]);
         let mut source = epochs(6);
 
-        let outcome = coordinate_put(NODE, &present(local, 0), &client, data("v"), &mut source, 0)
-            .expect("epochs available");
+        let outcome =
+            coordinate_put(NODE, &present(local, 0), &client, data("v"), &mut source, 0).expect("epochs available");
 
         assert!(outcome.fresh_epoch);
     }
@@ -489,8 +471,8 @@ mod tests {
         let client = vector(&[(actor(OTHER, 1), 4)]);
         let mut source = epochs(6);
 
-        let outcome = coordinate_put(NODE, &present(local, 0), &client, data("v"), &mut source, 0)
-            .expect("no epoch needed");
+        let outcome =
+            coordinate_put(NODE, &present(local, 0), &client, data("v"), &mut source, 0).expect("no epoch needed");
 
         assert!(!outcome.fresh_epoch);
         assert_eq!(outcome.dot, dot(NODE, 5, 2));
@@ -528,21 +510,11 @@ mod tests {
         let client = vector(&[(actor(NODE, 5), 1), (actor(OTHER, 1), 1)]);
         let mut source = epochs(6);
 
-        let outcome = coordinate_put(
-            NODE,
-            &present(local, 0),
-            &client,
-            data("new"),
-            &mut source,
-            0,
-        )
-        .expect("no epoch needed");
+        let outcome =
+            coordinate_put(NODE, &present(local, 0), &client, data("new"), &mut source, 0).expect("no epoch needed");
 
         assert_eq!(outcome.dot, dot(NODE, 5, 3));
-        assert_eq!(
-            outcome.state.live_values(),
-            vec![&b"unseen"[..], &b"new"[..]]
-        );
+        assert_eq!(outcome.state.live_values(), vec![&b"unseen"[..], &b"new"[..]]);
         assert_eq!(
             outcome.state.context,
             vector(&[(actor(NODE, 5), 3), (actor(OTHER, 1), 1)])
@@ -551,10 +523,7 @@ mod tests {
 
     #[test]
     fn put_reports_unavailable_epochs() {
-        let mut source = TestEpochs {
-            counter: 1,
-            fail: true,
-        };
+        let mut source = TestEpochs { counter: 1, fail: true };
 
         let result = coordinate_put(
             NODE,
@@ -607,7 +576,7 @@ mod tests {
     }
 
     #[test]
-    fn store_into_missing_or_unknown_sets_gen_to_counter() {
+    fn store_into_missing_sets_gen() {
         let incoming = state(&[(actor(NODE, 5), 1)], &[(dot(NODE, 5, 1), data("v1"))]);
 
         for local in [LocalCopy::Missing, LocalCopy::Unknown] {
@@ -621,10 +590,7 @@ mod tests {
 
     #[test]
     fn record_round_trips_with_gen() {
-        let original = state(
-            &[(actor(NODE, 5), 1)],
-            &[(dot(NODE, 5, 1), Value::Tombstone)],
-        );
+        let original = state(&[(actor(NODE, 5), 1)], &[(dot(NODE, 5, 1), Value::Tombstone)]);
 
         let bytes = encode_record(&original, 42);
 
@@ -636,18 +602,12 @@ mod tests {
     fn decode_record_rejects_bad_input() {
         let bytes = encode_record(&State::new(), 1);
         for len in 0..bytes.len() {
-            assert!(
-                decode_record(&bytes[..len]).is_err(),
-                "prefix of {len} bytes"
-            );
+            assert!(decode_record(&bytes[..len]).is_err(), "prefix of {len} bytes");
         }
 
         let mut wrong_version = bytes.clone();
         wrong_version[0] = 2;
-        assert_eq!(
-            decode_record(&wrong_version),
-            Err(DecodeError::UnknownVersion(2))
-        );
+        assert_eq!(decode_record(&wrong_version), Err(DecodeError::UnknownVersion(2)));
 
         let mut trailing = bytes;
         trailing.push(0);

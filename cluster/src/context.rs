@@ -10,9 +10,12 @@
 //! ```
 //!
 //! Empty bytes are the empty context of a blind put. The key hash catches a
-//! context presented with another key; two keys with the same 64-bit hash
-//! are not told apart. A context is not authenticated: a client can forge
-//! one, which only lets it supersede values it could also have read.
+//! context presented with another key, unless both keys have the same 64-bit
+//! hash.
+//!
+//! NOTE: a context is not authenticated. A forged context that covers dots
+//! not issued yet makes later writes under those dots disappear in merges,
+//! so clients must pass contexts back exactly as they received them.
 
 use crate::hash::key_hash;
 use crate::version::{DecodeError, VersionVector};
@@ -23,9 +26,7 @@ pub const CONTEXT_FORMAT_VERSION: u8 = 1;
 /// Errors decoding a client context.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ContextError {
-    #[error(
-        "invalid context: {reason}; pass the context exactly as a read of this key returned it"
-    )]
+    #[error("invalid context: {reason}; pass the context exactly as a read of this key returned it")]
     Malformed { reason: String },
     #[error("invalid context: unknown format version {version}; read the key again and use the context returned")]
     UnknownVersion { version: u8 },
@@ -53,7 +54,7 @@ pub fn decode_context(key: &[u8], bytes: &[u8]) -> Result<VersionVector, Context
     }
     if rest.len() < 8 {
         return Err(ContextError::Malformed {
-            reason: format!("truncated: the key hash needs 8 bytes, {} left", rest.len()),
+            reason: format!("truncated: the key hash needs 8 bytes, only {} left", rest.len()),
         });
     }
     let (hash_bytes, mut vector_bytes) = rest.split_at(8);
@@ -72,10 +73,7 @@ pub fn decode_context(key: &[u8], bytes: &[u8]) -> Result<VersionVector, Context
     })?;
     if !vector_bytes.is_empty() {
         return Err(ContextError::Malformed {
-            reason: format!(
-                "{} trailing bytes after the version vector",
-                vector_bytes.len()
-            ),
+            reason: format!("unexpected bytes after the version vector: {}", vector_bytes.len()),
         });
     }
     Ok(vector)
@@ -89,20 +87,8 @@ mod tests {
 
     fn sample_vector() -> VersionVector {
         let mut vector = VersionVector::new();
-        vector.raise(
-            Actor {
-                node: 0xb,
-                epoch: 1,
-            },
-            2,
-        );
-        vector.raise(
-            Actor {
-                node: 0xc,
-                epoch: 4,
-            },
-            1,
-        );
+        vector.raise(Actor { node: 0xb, epoch: 1 }, 2);
+        vector.raise(Actor { node: 0xc, epoch: 4 }, 1);
         vector
     }
 
@@ -165,9 +151,7 @@ mod tests {
         trailing.push(0);
         let error = decode_context(b"key", &trailing).expect_err("trailing byte");
         assert!(matches!(error, ContextError::Malformed { .. }));
-        assert!(error
-            .to_string()
-            .starts_with("invalid context: 1 trailing bytes"));
+        assert!(error.to_string().starts_with("invalid context: unexpected bytes"));
     }
 
     proptest! {

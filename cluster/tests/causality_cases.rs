@@ -1,8 +1,8 @@
 //! Named histories that lose an acknowledged write when one dot rule is left
 //! out. Each test replays the steps with the real functions and checks that
-//! every acknowledged write survives once all replicas are merged; where a
-//! rule can be switched off (see `common::Rules`), it also checks that the
-//! same history then loses a write, so the test proves the rule matters.
+//! every acknowledged write survives once all replicas are merged. A twin
+//! test switches the rule off (see `common::Rules`) and checks that the same
+//! history then loses a write, so the rule is shown to matter.
 //!
 //! Notation in the comments: nodes A, B, C are the three replicas of one key
 //! (N=3, W=2, R=2). `B1` is the actor (B, epoch 1) and `B1.2` its second dot.
@@ -27,8 +27,8 @@ struct Replica {
     restart_mark: u64,
 }
 
-/// Three replicas of one key; messages are applied at once, in the order the
-/// test calls them.
+/// Three replicas of one key. Messages are applied at once, in the order the
+/// test sends them.
 struct Cluster {
     replicas: Vec<Replica>,
     rules: Rules,
@@ -92,7 +92,7 @@ impl Cluster {
     }
 
     /// Reads from `from` (a missing copy replies with the empty state), then
-    /// read-repairs every asked replica whose copy differs from the merge.
+    /// read-repairs every contacted replica whose copy differs from the merge.
     fn read(&mut self, from: &[usize]) -> State {
         let mut merged = State::new();
         for &at in from {
@@ -126,7 +126,7 @@ impl Cluster {
         self.replicas[at].synced = self.replicas[at].copy.clone();
     }
 
-    /// An unclean stop and start: the copy reverts to the last synced one
+    /// Simulates an unclean stop and start: the copy reverts to the last synced one
     /// and the restart mark becomes the epoch counter, which never goes back.
     fn crash_and_restart(&mut self, at: usize) {
         let replica = &mut self.replicas[at];
@@ -263,7 +263,7 @@ fn refilled_copy_gets_gen_from_epoch_counter() {
     assert_eq!(cluster.gen(B), 1, "refilled after epoch 1 was handed out");
 }
 
-/// Case 3: cases 1's steps, then a client that read v1 and v2 from A alone
+/// Case 3: the steps of case 1, then a client that read v1 and v2 from A alone
 /// chains a put through B. Returns the healed state, its conflicts and the
 /// chained put.
 fn chained_put_after_refill(rules: Rules) -> (State, u32, PutOutcome) {
@@ -295,7 +295,7 @@ fn chained_put_after_refill(rules: Rules) -> (State, u32, PutOutcome) {
 fn chained_put_after_refill_keeps_unseen_write() {
     let (healed, conflicts, fourth) = chained_put_after_refill(Rules::All);
 
-    // v4 replaces v1 and v2, which its client read; v3 was never seen by
+    // v4 replaces v1 and v2, which its client read. v3 was never seen by
     // that client and stays as a sibling.
     assert!(fourth.fresh_epoch);
     assert_eq!(conflicts, 0);
@@ -328,7 +328,8 @@ fn behind_client_context(rules: Rules, third_value: &str) -> (State, u32, PutOut
     cluster.send(A, &second.state);
     let client_context = second.state.context.clone();
 
-    // 3. C loses its copy; read repair from B refills it with {C1:1 | v1}.
+    // 3. C loses its copy, and read repair from B refills it with
+    //    {C1:1 | v1}.
     cluster.wipe(C);
     cluster.read(&[B, C]);
     assert_eq!(cluster.state(C), first.state);

@@ -18,8 +18,9 @@
 //!
 //! After healing (all messages delivered, all copies merged) it checks that
 //! every put acknowledged by W replicas survives, unless a later put's client
-//! was returned it or every copy that knew it was lost to faults, and that
-//! merge is commutative, associative and idempotent on the reachable states.
+//! was returned it or every copy that knew it was lost to faults. It also
+//! checks that merge is commutative, associative and idempotent on the
+//! reachable states.
 
 mod common;
 
@@ -65,7 +66,7 @@ enum Op {
     Corrupt { node: usize },
     /// Flushes a node's copy to disk.
     Sync { node: usize },
-    /// Unclean stop and start: the copy reverts to the last synced one and
+    /// Unclean stop and start. The copy reverts to the last synced one and
     /// the epoch counter rises to the next reserved block.
     Restart { node: usize, block_gap: u64 },
 }
@@ -99,7 +100,7 @@ struct History {
 }
 
 impl History {
-    /// The causal-history join: a live id stays live unless the other side
+    /// Joins two causal histories: a live id stays live unless the other side
     /// has seen it without keeping it.
     fn merge(&self, other: &History) -> History {
         let live = self
@@ -336,13 +337,13 @@ impl Sim {
             vec![coordinator, (coordinator + 1) % REPLICAS, (coordinator + 2) % REPLICAS]
         };
 
-        let mut asked = Vec::new();
+        let mut contacted = Vec::new();
         let mut replies = Vec::new();
         for at in order {
             if replies.len() == READ_QUORUM {
                 break;
             }
-            asked.push(at);
+            contacted.push(at);
             match (&self.replicas[at].copy, &self.replicas[at].oracle) {
                 (LocalCopy::Present { state, .. }, OracleCopy::Present(history)) => {
                     replies.push((state.clone(), history.clone()));
@@ -363,9 +364,9 @@ impl Sim {
             merged_history = merged_history.merge(history);
         }
 
-        // Read repair of every asked replica whose copy differs, unknown
+        // Read repair of every contacted replica whose copy differs, unknown
         // copies included.
-        for at in asked {
+        for at in contacted {
             let up_to_date = matches!(
                 &self.replicas[at].copy,
                 LocalCopy::Present { state, .. } if *state == merged
@@ -448,7 +449,7 @@ impl Sim {
         Ok(ids)
     }
 
-    /// Maps the dots a context covers to value ids; every covered dot must
+    /// Maps the dots a context covers to value ids. Every covered dot must
     /// have been issued.
     fn covered_ids(&self, context: &VersionVector) -> Result<BTreeSet<ValueId>, String> {
         let mut ids = BTreeSet::new();
@@ -631,7 +632,7 @@ fn check_codecs(state: &State) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs one history under `rules`; `Err` describes the first broken check.
+/// Runs one history under `rules`. `Err` describes the first broken check.
 fn run_history(rules: Rules, ops: &[Op]) -> Result<(), String> {
     let mut sim = Sim::new(rules);
     for (step, op) in ops.iter().enumerate() {

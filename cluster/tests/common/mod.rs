@@ -45,11 +45,11 @@ pub enum Rules {
 }
 
 /// Runs [`coordinate_put`] with the rules that `rules` switches off
-/// neutralised in its inputs: `gen` 0 for the gen rule, mark 0 for the
-/// restart mark, and the client context clamped to the local context on the
-/// node's own actors for the behind check. Clamping changes no kept value
-/// (local dots never lie beyond the local context), and the real client
-/// context is joined back into the result.
+/// neutralised in its inputs. The gen rule gets `gen` 0 and the restart mark
+/// gets mark 0. For the behind check, the client context is clamped to the
+/// local context on the node's own actors. Clamping changes no kept value,
+/// because local dots never lie beyond the local context, and the real
+/// client context is joined back into the result.
 pub fn put_with_rules(
     rules: Rules,
     node: NodeId,
