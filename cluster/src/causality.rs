@@ -4,9 +4,10 @@
 //! Counters are per key, so a node whose copy of a key lost information
 //! could issue a dot that already names a different value on another
 //! replica. One of the two acknowledged values would then silently
-//! disappear in the next merge. A copy can lose information without the node noticing:
-//! it is wiped or corrupted and then refilled from an older replica, or an
-//! unclean stop loses its last writes. Three rules keep every dot unique:
+//! disappear in the next merge. A copy can lose information without the
+//! node noticing: it is wiped or corrupted and then refilled from an older
+//! replica, or an unclean stop loses its last writes. Three rules keep every
+//! dot unique:
 //!
 //! - Actors are `(node id, epoch)`. Epochs come from a node-wide counter that
 //!   never goes back ([`EpochSource`]).
@@ -103,7 +104,9 @@ pub fn coordinate_put(
     };
 
     let continued = match local {
-        LocalCopy::Present { state, gen } => continuable_actor(node, state, *gen, restart_mark, client_context),
+        LocalCopy::Present { state, gen } => {
+            continuable_actor(node, state, *gen, restart_mark, client_context)
+        }
         LocalCopy::Missing | LocalCopy::Unknown => None,
     };
     let (actor, fresh_epoch) = match continued {
@@ -165,7 +168,9 @@ fn continuable_actor(
     let client_ahead = client_context
         .entries
         .iter()
-        .any(|(client_actor, &counter)| client_actor.node == node && counter > local.context.get(client_actor));
+        .any(|(client_actor, &counter)| {
+            client_actor.node == node && counter > local.context.get(client_actor)
+        });
     if client_ahead {
         return None;
     }
@@ -281,7 +286,10 @@ mod tests {
     }
 
     fn epochs(counter: u64) -> TestEpochs {
-        TestEpochs { counter, fail: false }
+        TestEpochs {
+            counter,
+            fail: false,
+        }
     }
 
     fn actor(node: NodeId, epoch: u64) -> Actor {
@@ -344,8 +352,15 @@ mod tests {
         let mut source = epochs(2);
         let client = vector(&[(actor(OTHER, 1), 3)]);
 
-        let outcome =
-            coordinate_put(NODE, &LocalCopy::Unknown, &client, data("v"), &mut source, 0).expect("epochs available");
+        let outcome = coordinate_put(
+            NODE,
+            &LocalCopy::Unknown,
+            &client,
+            data("v"),
+            &mut source,
+            0,
+        )
+        .expect("epochs available");
 
         assert!(outcome.fresh_epoch);
         assert_eq!(outcome.gen, 2);
@@ -441,8 +456,15 @@ mod tests {
         let client = vector(&[(actor(NODE, 5), 2)]);
         let mut source = epochs(6);
 
-        let outcome =
-            coordinate_put(NODE, &present(local, 0), &client, data("v3"), &mut source, 0).expect("epochs available");
+        let outcome = coordinate_put(
+            NODE,
+            &present(local, 0),
+            &client,
+            data("v3"),
+            &mut source,
+            0,
+        )
+        .expect("epochs available");
 
         assert!(outcome.fresh_epoch);
         assert_eq!(outcome.dot, dot(NODE, 7, 1));
@@ -459,8 +481,8 @@ mod tests {
         let client = vector(&[(actor(NODE, 3), 2)]);
         let mut source = epochs(6);
 
-        let outcome =
-            coordinate_put(NODE, &present(local, 0), &client, data("v"), &mut source, 0).expect("epochs available");
+        let outcome = coordinate_put(NODE, &present(local, 0), &client, data("v"), &mut source, 0)
+            .expect("epochs available");
 
         assert!(outcome.fresh_epoch);
     }
@@ -471,8 +493,8 @@ mod tests {
         let client = vector(&[(actor(OTHER, 1), 4)]);
         let mut source = epochs(6);
 
-        let outcome =
-            coordinate_put(NODE, &present(local, 0), &client, data("v"), &mut source, 0).expect("no epoch needed");
+        let outcome = coordinate_put(NODE, &present(local, 0), &client, data("v"), &mut source, 0)
+            .expect("no epoch needed");
 
         assert!(!outcome.fresh_epoch);
         assert_eq!(outcome.dot, dot(NODE, 5, 2));
@@ -510,11 +532,21 @@ mod tests {
         let client = vector(&[(actor(NODE, 5), 1), (actor(OTHER, 1), 1)]);
         let mut source = epochs(6);
 
-        let outcome =
-            coordinate_put(NODE, &present(local, 0), &client, data("new"), &mut source, 0).expect("no epoch needed");
+        let outcome = coordinate_put(
+            NODE,
+            &present(local, 0),
+            &client,
+            data("new"),
+            &mut source,
+            0,
+        )
+        .expect("no epoch needed");
 
         assert_eq!(outcome.dot, dot(NODE, 5, 3));
-        assert_eq!(outcome.state.live_values(), vec![&b"unseen"[..], &b"new"[..]]);
+        assert_eq!(
+            outcome.state.live_values(),
+            vec![&b"unseen"[..], &b"new"[..]]
+        );
         assert_eq!(
             outcome.state.context,
             vector(&[(actor(NODE, 5), 3), (actor(OTHER, 1), 1)])
@@ -523,7 +555,10 @@ mod tests {
 
     #[test]
     fn put_reports_unavailable_epochs() {
-        let mut source = TestEpochs { counter: 1, fail: true };
+        let mut source = TestEpochs {
+            counter: 1,
+            fail: true,
+        };
 
         let result = coordinate_put(
             NODE,
@@ -590,7 +625,10 @@ mod tests {
 
     #[test]
     fn record_round_trips_with_gen() {
-        let original = state(&[(actor(NODE, 5), 1)], &[(dot(NODE, 5, 1), Value::Tombstone)]);
+        let original = state(
+            &[(actor(NODE, 5), 1)],
+            &[(dot(NODE, 5, 1), Value::Tombstone)],
+        );
 
         let bytes = encode_record(&original, 42);
 
@@ -602,12 +640,18 @@ mod tests {
     fn decode_record_rejects_bad_input() {
         let bytes = encode_record(&State::new(), 1);
         for len in 0..bytes.len() {
-            assert!(decode_record(&bytes[..len]).is_err(), "prefix of {len} bytes");
+            assert!(
+                decode_record(&bytes[..len]).is_err(),
+                "prefix of {len} bytes"
+            );
         }
 
         let mut wrong_version = bytes.clone();
         wrong_version[0] = 2;
-        assert_eq!(decode_record(&wrong_version), Err(DecodeError::UnknownVersion(2)));
+        assert_eq!(
+            decode_record(&wrong_version),
+            Err(DecodeError::UnknownVersion(2))
+        );
 
         let mut trailing = bytes;
         trailing.push(0);

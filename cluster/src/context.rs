@@ -26,9 +26,13 @@ pub const CONTEXT_FORMAT_VERSION: u8 = 1;
 /// Errors decoding a client context.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ContextError {
-    #[error("invalid context: {reason}; pass the context exactly as a read of this key returned it")]
+    #[error(
+        "invalid context: {reason}; pass the context exactly as a read of this key returned it"
+    )]
     Malformed { reason: String },
-    #[error("invalid context: unknown format version {version}; read the key again and use the context returned")]
+    #[error(
+        "invalid context: unknown format version {version}; read the key again and use the context returned"
+    )]
     UnknownVersion { version: u8 },
     #[error("context was issued for another key; read this key and use the context returned")]
     WrongKey,
@@ -54,7 +58,10 @@ pub fn decode_context(key: &[u8], bytes: &[u8]) -> Result<VersionVector, Context
     }
     if rest.len() < 8 {
         return Err(ContextError::Malformed {
-            reason: format!("truncated: the key hash needs 8 bytes, only {} left", rest.len()),
+            reason: format!(
+                "truncated: the key hash needs 8 bytes, only {} left",
+                rest.len()
+            ),
         });
     }
     let (hash_bytes, mut vector_bytes) = rest.split_at(8);
@@ -73,7 +80,10 @@ pub fn decode_context(key: &[u8], bytes: &[u8]) -> Result<VersionVector, Context
     })?;
     if !vector_bytes.is_empty() {
         return Err(ContextError::Malformed {
-            reason: format!("unexpected bytes after the version vector: {}", vector_bytes.len()),
+            reason: format!(
+                "unexpected bytes after the version vector: {}",
+                vector_bytes.len()
+            ),
         });
     }
     Ok(vector)
@@ -87,8 +97,20 @@ mod tests {
 
     fn sample_vector() -> VersionVector {
         let mut vector = VersionVector::new();
-        vector.raise(Actor { node: 0xb, epoch: 1 }, 2);
-        vector.raise(Actor { node: 0xc, epoch: 4 }, 1);
+        vector.raise(
+            Actor {
+                node: 0xb,
+                epoch: 1,
+            },
+            2,
+        );
+        vector.raise(
+            Actor {
+                node: 0xc,
+                epoch: 4,
+            },
+            1,
+        );
         vector
     }
 
@@ -151,7 +173,9 @@ mod tests {
         trailing.push(0);
         let error = decode_context(b"key", &trailing).expect_err("trailing byte");
         assert!(matches!(error, ContextError::Malformed { .. }));
-        assert!(error.to_string().starts_with("invalid context: unexpected bytes"));
+        assert!(error
+            .to_string()
+            .starts_with("invalid context: unexpected bytes"));
     }
 
     proptest! {

@@ -154,7 +154,11 @@ impl VersionVector {
     /// and counter of each entry as big-endian u64 in ascending actor order.
     /// Entries with counter 0 are left out, since they mean "nothing seen".
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        let count = self.entries.values().filter(|&&counter| counter > 0).count();
+        let count = self
+            .entries
+            .values()
+            .filter(|&&counter| counter > 0)
+            .count();
         out.extend_from_slice(&(count as u32).to_be_bytes());
         for (actor, &counter) in &self.entries {
             if counter == 0 {
@@ -232,13 +236,20 @@ impl State {
 
     /// Returns whether the state has values and all of them are tombstones.
     pub fn is_tombstone_only(&self) -> bool {
-        !self.values.is_empty() && self.values.values().all(|value| matches!(value, Value::Tombstone))
+        !self.values.is_empty()
+            && self
+                .values
+                .values()
+                .all(|value| matches!(value, Value::Tombstone))
     }
 
     /// Returns whether the state has no live (data) value, so a read of it
     /// reports the key as missing.
     pub fn is_deleted_or_empty(&self) -> bool {
-        !self.values.values().any(|value| matches!(value, Value::Data(_)))
+        !self
+            .values
+            .values()
+            .any(|value| matches!(value, Value::Data(_)))
     }
 
     /// Returns the number of dotted values, tombstones included.
@@ -273,7 +284,8 @@ impl State {
                     out.push(KIND_DATA);
                     // Values are capped far below 4 GiB when a put is
                     // admitted, so the length always fits in a u32.
-                    let len = u32::try_from(bytes.len()).expect("a value longer than u32::MAX bytes cannot be encoded");
+                    let len = u32::try_from(bytes.len())
+                        .expect("a value longer than u32::MAX bytes cannot be encoded");
                     out.extend_from_slice(&len.to_be_bytes());
                     out.extend_from_slice(bytes);
                 }
@@ -394,7 +406,9 @@ impl<'a> Reader<'a> {
                 )));
             }
             if counter == 0 {
-                return Err(DecodeError::Invalid(format!("context actor {actor} has counter 0")));
+                return Err(DecodeError::Invalid(format!(
+                    "context actor {actor} has counter 0"
+                )));
             }
             entries.insert(actor, counter);
             previous = Some(actor);
@@ -547,8 +561,14 @@ mod tests {
 
     #[test]
     fn merge_dot_conflict_keeps_larger_digest_in_both_orders() {
-        let left = state(&[(actor(NODE_A, 1), 1)], &[(dot(NODE_A, 1, 1), data("left"))]);
-        let right = state(&[(actor(NODE_A, 1), 1)], &[(dot(NODE_A, 1, 1), data("right"))]);
+        let left = state(
+            &[(actor(NODE_A, 1), 1)],
+            &[(dot(NODE_A, 1, 1), data("left"))],
+        );
+        let right = state(
+            &[(actor(NODE_A, 1), 1)],
+            &[(dot(NODE_A, 1, 1), data("right"))],
+        );
 
         let forward = left.merge(&right);
         let backward = right.merge(&left);
@@ -571,7 +591,10 @@ mod tests {
         assert!(!empty.is_tombstone_only());
         assert_eq!(empty.sibling_count(), 0);
 
-        let deleted = state(&[(actor(NODE_A, 1), 1)], &[(dot(NODE_A, 1, 1), Value::Tombstone)]);
+        let deleted = state(
+            &[(actor(NODE_A, 1), 1)],
+            &[(dot(NODE_A, 1, 1), Value::Tombstone)],
+        );
         assert!(deleted.is_deleted_or_empty());
         assert!(deleted.is_tombstone_only());
         assert_eq!(deleted.sibling_count(), 1);
@@ -648,11 +671,17 @@ mod tests {
     fn decode_rejects_every_truncation() {
         let original = state(
             &[(actor(NODE_A, 1), 2)],
-            &[(dot(NODE_A, 1, 1), Value::Tombstone), (dot(NODE_A, 1, 2), data("abc"))],
+            &[
+                (dot(NODE_A, 1, 1), Value::Tombstone),
+                (dot(NODE_A, 1, 2), data("abc")),
+            ],
         );
         let bytes = original.encode();
         for len in 0..bytes.len() {
-            assert!(State::decode(&bytes[..len]).is_err(), "prefix of {len} bytes decoded");
+            assert!(
+                State::decode(&bytes[..len]).is_err(),
+                "prefix of {len} bytes decoded"
+            );
         }
     }
 
@@ -664,7 +693,10 @@ mod tests {
 
         let mut bytes = State::new().encode();
         bytes.push(0);
-        assert!(matches!(State::decode(&bytes), Err(DecodeError::Invalid(_))));
+        assert!(matches!(
+            State::decode(&bytes),
+            Err(DecodeError::Invalid(_))
+        ));
     }
 
     /// Writes a raw state encoding with no checks, for the rejection tests.
@@ -707,9 +739,18 @@ mod tests {
                 "duplicate dots",
                 raw_state(&[(1, 1, 2)], &[(1, 1, 1, None), (1, 1, 1, None)]),
             ),
-            ("dot beyond context", raw_state(&[(1, 1, 1)], &[(1, 1, 2, Some("x"))])),
-            ("dot of unknown actor", raw_state(&[(1, 1, 1)], &[(2, 1, 1, Some("x"))])),
-            ("zero dot counter", raw_state(&[(1, 1, 1)], &[(1, 1, 0, None)])),
+            (
+                "dot beyond context",
+                raw_state(&[(1, 1, 1)], &[(1, 1, 2, Some("x"))]),
+            ),
+            (
+                "dot of unknown actor",
+                raw_state(&[(1, 1, 1)], &[(2, 1, 1, Some("x"))]),
+            ),
+            (
+                "zero dot counter",
+                raw_state(&[(1, 1, 1)], &[(1, 1, 0, None)]),
+            ),
         ];
         for (name, bytes) in cases {
             assert!(
@@ -721,7 +762,10 @@ mod tests {
         let mut unknown_kind = raw_state(&[(1, 1, 1)], &[(1, 1, 1, None)]);
         let last = unknown_kind.len() - 1;
         unknown_kind[last] = 7;
-        assert!(matches!(State::decode(&unknown_kind), Err(DecodeError::Invalid(_))));
+        assert!(matches!(
+            State::decode(&unknown_kind),
+            Err(DecodeError::Invalid(_))
+        ));
     }
 
     #[test]
@@ -747,18 +791,19 @@ mod tests {
     /// Well-formed states: every dot inside the context.
     fn arb_state() -> impl Strategy<Value = State> {
         let entry = (0u64..3, 0u64..3, 1u64..4);
-        proptest::collection::vec((entry, proptest::collection::vec(arb_value(), 0..3)), 0..4).prop_map(|entries| {
-            let mut state = State::new();
-            for ((node, epoch, counter), values) in entries {
-                let actor = actor(node, epoch);
-                state.context.raise(actor, counter);
-                for (offset, value) in values.into_iter().enumerate() {
-                    let counter = counter.saturating_sub(offset as u64).max(1);
-                    state.values.insert(Dot { actor, counter }, value);
+        proptest::collection::vec((entry, proptest::collection::vec(arb_value(), 0..3)), 0..4)
+            .prop_map(|entries| {
+                let mut state = State::new();
+                for ((node, epoch, counter), values) in entries {
+                    let actor = actor(node, epoch);
+                    state.context.raise(actor, counter);
+                    for (offset, value) in values.into_iter().enumerate() {
+                        let counter = counter.saturating_sub(offset as u64).max(1);
+                        state.values.insert(Dot { actor, counter }, value);
+                    }
                 }
-            }
-            state
-        })
+                state
+            })
     }
 
     proptest! {

@@ -104,7 +104,10 @@ impl Cluster {
             merged = merged.merge(&reply).state;
         }
         for &at in from {
-            let up_to_date = matches!(&self.replicas[at].copy, LocalCopy::Present { state, .. } if *state == merged);
+            let up_to_date = match &self.replicas[at].copy {
+                LocalCopy::Present { state, .. } => *state == merged,
+                LocalCopy::Missing | LocalCopy::Unknown => false,
+            };
             if !up_to_date {
                 self.send(at, &merged);
             }
@@ -201,7 +204,11 @@ fn refilled_then_blind_put(rules: Rules, loss: CopyLoss) -> (State, u32, PutOutc
             cluster.send(B, &from_c);
         }
     }
-    assert_eq!(cluster.state(B), first.state, "B looks whole but lacks B1.2");
+    assert_eq!(
+        cluster.state(B),
+        first.state,
+        "B looks whole but lacks B1.2"
+    );
 
     // 5. Blind put v3 through B, reaching B and C.
     let third = cluster.put(B, &blind(), "v3");
@@ -227,7 +234,11 @@ fn wiped_copy_refilled_loses_write_without_gen() {
     let (healed, conflicts, third) = refilled_then_blind_put(Rules::WithoutGen, CopyLoss::Wiped);
 
     assert!(!third.fresh_epoch);
-    assert_eq!(third.dot.to_string(), "000000000000000b@1.2", "B1.2 issued twice");
+    assert_eq!(
+        third.dot.to_string(),
+        "000000000000000b@1.2",
+        "B1.2 issued twice"
+    );
     assert!(conflicts >= 1, "B1.2 names v2 on A and v3 on B and C");
     assert_ne!(live(&healed), texts(&["v1", "v2", "v3"]));
 }
@@ -243,7 +254,8 @@ fn corrupted_copy_refilled_then_blind_put_keeps_all_writes() {
 
 #[test]
 fn corrupted_copy_refilled_loses_write_without_gen() {
-    let (healed, conflicts, third) = refilled_then_blind_put(Rules::WithoutGen, CopyLoss::Corrupted);
+    let (healed, conflicts, third) =
+        refilled_then_blind_put(Rules::WithoutGen, CopyLoss::Corrupted);
 
     assert!(!third.fresh_epoch);
     assert!(conflicts >= 1, "B1.2 names v2 on A and v3 on B and C");
@@ -362,11 +374,15 @@ fn behind_client_context_loses_write_without_both_rules() {
     // few spellings of v3 and expect at least one to lose it.
     let mut lost = Vec::new();
     for third_value in ["v3", "v3a", "v3b", "v3c", "v3d", "v3e"] {
-        let (healed, conflicts, third) = behind_client_context(Rules::WithoutGenAndBehindCheck, third_value);
+        let (healed, conflicts, third) =
+            behind_client_context(Rules::WithoutGenAndBehindCheck, third_value);
 
         assert!(!third.fresh_epoch);
         assert_eq!(third.dot.counter, 2, "C1.2 issued twice");
-        assert!(conflicts >= 1, "C1.2 names v2 on A and the new value on B and C");
+        assert!(
+            conflicts >= 1,
+            "C1.2 names v2 on A and the new value on B and C"
+        );
         if live(&healed) != texts(&[third_value]) {
             assert_eq!(live(&healed), texts(&["v2"]), "v2 came back in place of v3");
             lost.push(third_value);
@@ -408,7 +424,10 @@ fn unclean_restart(rules: Rules) -> (State, u32, PutOutcome) {
 fn unclean_restart_takes_fresh_epoch() {
     let (healed, conflicts, third) = unclean_restart(Rules::All);
 
-    assert!(third.fresh_epoch, "the restart mark must stop B from continuing B1");
+    assert!(
+        third.fresh_epoch,
+        "the restart mark must stop B from continuing B1"
+    );
     assert_eq!(conflicts, 0);
     assert_eq!(live(&healed), texts(&["v1", "v2", "v3"]));
 }

@@ -73,10 +73,23 @@ enum Op {
 
 fn op_strategy() -> impl Strategy<Value = Op> {
     let node = 0..REPLICAS;
+    let put = (
+        node.clone(),
+        proptest::option::weighted(0.5, any::<Index>()),
+        proptest::bool::weighted(0.1),
+    )
+        .prop_map(|(coordinator, context, tombstone)| Op::Put {
+            coordinator,
+            context,
+            tombstone,
+        });
+    let read = (node.clone(), any::<bool>()).prop_map(|(coordinator, reverse)| Op::Read {
+        coordinator,
+        reverse,
+    });
     prop_oneof![
-        4 => (node.clone(), proptest::option::weighted(0.5, any::<Index>()), proptest::bool::weighted(0.1))
-            .prop_map(|(coordinator, context, tombstone)| Op::Put { coordinator, context, tombstone }),
-        2 => (node.clone(), any::<bool>()).prop_map(|(coordinator, reverse)| Op::Read { coordinator, reverse }),
+        4 => put,
+        2 => read,
         5 => any::<Index>().prop_map(|message| Op::Deliver { message }),
         1 => any::<Index>().prop_map(|message| Op::Drop { message }),
         1 => (node.clone(), 1..REPLICAS).prop_map(|(first, offset)| Op::AntiEntropy { first, offset }),
@@ -202,7 +215,10 @@ impl Sim {
                 context,
                 tombstone,
             } => self.put(coordinator, context, tombstone),
-            Op::Read { coordinator, reverse } => self.read(coordinator, reverse),
+            Op::Read {
+                coordinator,
+                reverse,
+            } => self.read(coordinator, reverse),
             Op::Deliver { message } => {
                 if self.messages.is_empty() {
                     return Ok(());
@@ -254,9 +270,16 @@ impl Sim {
         }
     }
 
-    fn put(&mut self, coordinator: usize, context: Option<Index>, tombstone: bool) -> Result<(), String> {
+    fn put(
+        &mut self,
+        coordinator: usize,
+        context: Option<Index>,
+        tombstone: bool,
+    ) -> Result<(), String> {
         let client = match context {
-            Some(index) if !self.contexts.is_empty() => self.contexts[index.index(self.contexts.len())].clone(),
+            Some(index) if !self.contexts.is_empty() => {
+                self.contexts[index.index(self.contexts.len())].clone()
+            }
             _ => ClientContext {
                 context: VersionVector::new(),
                 history: BTreeSet::new(),
@@ -313,7 +336,8 @@ impl Sim {
         check_put_supersedes(id, &before.live, &live_after, &client)?;
 
         self.acks.push(BTreeSet::from([coordinator]));
-        self.seen_by_put_clients.extend(client.returned.iter().copied());
+        self.seen_by_put_clients
+            .extend(client.returned.iter().copied());
         for to in (0..REPLICAS).filter(|&to| to != coordinator) {
             self.messages.push(Message {
                 to,
@@ -332,9 +356,17 @@ impl Sim {
 
     fn read(&mut self, coordinator: usize, reverse: bool) -> Result<(), String> {
         let order: Vec<usize> = if reverse {
-            vec![coordinator, (coordinator + 2) % REPLICAS, (coordinator + 1) % REPLICAS]
+            vec![
+                coordinator,
+                (coordinator + 2) % REPLICAS,
+                (coordinator + 1) % REPLICAS,
+            ]
         } else {
-            vec![coordinator, (coordinator + 1) % REPLICAS, (coordinator + 2) % REPLICAS]
+            vec![
+                coordinator,
+                (coordinator + 1) % REPLICAS,
+                (coordinator + 2) % REPLICAS,
+            ]
         };
 
         let mut contacted = Vec::new();
@@ -418,7 +450,9 @@ impl Sim {
     /// anti-entropy exchange.
     fn push_copy(&mut self, from: usize, to: usize) -> Result<(), String> {
         let source = &self.replicas[from];
-        let (LocalCopy::Present { state, .. }, OracleCopy::Present(history)) = (&source.copy, &source.oracle) else {
+        let (LocalCopy::Present { state, .. }, OracleCopy::Present(history)) =
+            (&source.copy, &source.oracle)
+        else {
             return Ok(());
         };
         let message = Message {
@@ -442,7 +476,9 @@ impl Sim {
                 Value::Tombstone => issued.ok_or_else(|| format!("dot {dot} was never issued"))?,
             };
             if issued != Some(id) {
-                return Err(format!("dot {dot} holds v{id}, but was issued for {issued:?}"));
+                return Err(format!(
+                    "dot {dot} holds v{id}, but was issued for {issued:?}"
+                ));
             }
             ids.insert(id);
         }
@@ -455,7 +491,10 @@ impl Sim {
         let mut ids = BTreeSet::new();
         for (actor, &counter) in &context.entries {
             for counter in 1..=counter {
-                let dot = Dot { actor: *actor, counter };
+                let dot = Dot {
+                    actor: *actor,
+                    counter,
+                };
                 let Some(&id) = self.dots.get(&dot) else {
                     return Err(format!("context covers dot {dot}, never issued"));
                 };
@@ -469,7 +508,10 @@ impl Sim {
     fn check_matches(&self, state: &State, history: &History, name: &str) -> Result<(), String> {
         let live = self.value_ids(state)?;
         if live != history.live {
-            return Err(format!("{name}: values {live:?}, expected {:?}", history.live));
+            return Err(format!(
+                "{name}: values {live:?}, expected {:?}",
+                history.live
+            ));
         }
         let covered = self.covered_ids(&state.context)?;
         if covered != history.seen {
@@ -487,7 +529,8 @@ impl Sim {
                 (LocalCopy::Present { state, .. }, OracleCopy::Present(history)) => {
                     self.check_matches(state, history, &format!("replica {at}"))?;
                 }
-                (LocalCopy::Missing, OracleCopy::Missing) | (LocalCopy::Unknown, OracleCopy::Unknown) => {}
+                (LocalCopy::Missing, OracleCopy::Missing)
+                | (LocalCopy::Unknown, OracleCopy::Unknown) => {}
                 (copy, oracle) => {
                     return Err(format!("replica {at}: copy {copy:?} but oracle {oracle:?}"));
                 }
@@ -515,7 +558,9 @@ impl Sim {
         let mut healed = State::new();
         let mut healed_history = History::default();
         for replica in &self.replicas {
-            if let (LocalCopy::Present { state, .. }, OracleCopy::Present(history)) = (&replica.copy, &replica.oracle) {
+            if let (LocalCopy::Present { state, .. }, OracleCopy::Present(history)) =
+                (&replica.copy, &replica.oracle)
+            {
                 healed = merge_checked(&healed, state)?;
                 healed_history = healed_history.merge(history);
             }
@@ -575,7 +620,9 @@ fn check_put_supersedes(
         return Err(format!("put of v{id} does not hold its own value"));
     }
     if let Some(kept) = client.returned.intersection(live_after).next() {
-        return Err(format!("put of v{id} kept v{kept}, which its client was returned"));
+        return Err(format!(
+            "put of v{id} kept v{kept}, which its client was returned"
+        ));
     }
     for removed in live_before.difference(live_after) {
         if !client.history.contains(removed) {
@@ -640,7 +687,8 @@ fn run_history(rules: Rules, ops: &[Op]) -> Result<(), String> {
             .and_then(|()| sim.check_replicas())
             .map_err(|error| format!("step {step} ({op:?}): {error}"))?;
     }
-    sim.heal_and_check().map_err(|error| format!("after healing: {error}"))
+    sim.heal_and_check()
+        .map_err(|error| format!("after healing: {error}"))
 }
 
 proptest! {
@@ -683,5 +731,8 @@ fn simulation_catches_missing_gen_rule() {
 #[test]
 fn simulation_catches_missing_restart_mark() {
     let failure = first_failure(Rules::WithoutRestartMark, 3000);
-    assert!(failure.is_some(), "no history broke without the restart mark");
+    assert!(
+        failure.is_some(),
+        "no history broke without the restart mark"
+    );
 }

@@ -61,7 +61,10 @@ pub fn put_with_rules(
 ) -> Result<PutOutcome, EpochUnavailable> {
     let skip_gen = matches!(rules, Rules::WithoutGen | Rules::WithoutGenAndBehindCheck);
     let skip_mark = rules == Rules::WithoutRestartMark;
-    let skip_behind = matches!(rules, Rules::WithoutBehindCheck | Rules::WithoutGenAndBehindCheck);
+    let skip_behind = matches!(
+        rules,
+        Rules::WithoutBehindCheck | Rules::WithoutGenAndBehindCheck
+    );
 
     let (effective_local, real_gen) = match local {
         LocalCopy::Present { state, gen } if skip_gen => (
