@@ -28,8 +28,8 @@ use kv_cluster::{format_node_id, parse_node_id};
 use kv_proto::v1::admin_client::AdminClient;
 use kv_proto::v1::kv_client::KvClient;
 use kv_proto::v1::{
-    AdminReplicaReadRequest, DeleteRequest, GetRequest, MembersRequest, MembersResponse, PingRequest, PutRequest,
-    RingRequest, StatusRequest, StatusResponse,
+    AdminReplicaReadRequest, DeleteRequest, GetRequest, MembersRequest, MembersResponse,
+    PingRequest, PutRequest, RingRequest, StatusRequest, StatusResponse,
 };
 use tokio::sync::Notify;
 use tonic::transport::{Channel, Endpoint};
@@ -102,7 +102,10 @@ impl Client {
     /// Fails only on an empty list or an endpoint that is not a valid
     /// address. When no node replies, the client still starts: requests go
     /// to the endpoints in turn until the ring is known.
-    pub async fn connect_with(endpoints: &[impl AsRef<str>], options: ClientOptions) -> Result<Client, Error> {
+    pub async fn connect_with(
+        endpoints: &[impl AsRef<str>],
+        options: ClientOptions,
+    ) -> Result<Client, Error> {
         let seeds: Vec<String> = endpoints
             .iter()
             .map(|endpoint| endpoint.as_ref().trim().to_string())
@@ -155,7 +158,11 @@ impl Client {
 
     /// Reads a key. A missing key is not an error: it returns no values and
     /// an empty context.
-    pub async fn get_with(&self, key: impl AsRef<[u8]>, options: ReadOptions) -> Result<GetResult, Error> {
+    pub async fn get_with(
+        &self,
+        key: impl AsRef<[u8]>,
+        options: ReadOptions,
+    ) -> Result<GetResult, Error> {
         let key = key.as_ref();
         let message = GetRequest {
             key: key.to_vec(),
@@ -183,7 +190,8 @@ impl Client {
         value: impl Into<Vec<u8>>,
         context: Option<&Context>,
     ) -> Result<PutResult, Error> {
-        self.put_with(key, value, context, WriteOptions::default()).await
+        self.put_with(key, value, context, WriteOptions::default())
+            .await
     }
 
     /// Writes `value` with a per-request write quorum.
@@ -217,8 +225,13 @@ impl Client {
 
     /// Deletes a key. Without a context the coordinator reads at R first
     /// and deletes what that read returned.
-    pub async fn delete(&self, key: impl AsRef<[u8]>, context: Option<&Context>) -> Result<DeleteResult, Error> {
-        self.delete_with(key, context, DeleteOptions::default()).await
+    pub async fn delete(
+        &self,
+        key: impl AsRef<[u8]>,
+        context: Option<&Context>,
+    ) -> Result<DeleteResult, Error> {
+        self.delete_with(key, context, DeleteOptions::default())
+            .await
     }
 
     /// Deletes a key with per-request quorums.
@@ -258,7 +271,11 @@ impl Client {
     /// reply shows siblings that appeared since the read, the round repeats,
     /// up to [`ClientOptions::update_attempts`] rounds in all. The last
     /// put's result is returned even if it still has siblings.
-    pub async fn update<F>(&self, key: impl AsRef<[u8]>, mut resolve: F) -> Result<Option<PutResult>, Error>
+    pub async fn update<F>(
+        &self,
+        key: impl AsRef<[u8]>,
+        mut resolve: F,
+    ) -> Result<Option<PutResult>, Error>
     where
         F: FnMut(&[Vec<u8>]) -> Option<Vec<u8>>,
     {
@@ -333,7 +350,11 @@ impl Client {
     /// Reads one node's local state of `key` without quorum or repair.
     /// `node` is a node id (hex digits, as `members` shows it) or an
     /// address (`host:port`).
-    pub async fn replica_read(&self, node: &str, key: impl AsRef<[u8]>) -> Result<ReplicaRead, Error> {
+    pub async fn replica_read(
+        &self,
+        node: &str,
+        key: impl AsRef<[u8]>,
+    ) -> Result<ReplicaRead, Error> {
         let address = self.resolve_node(node).await?;
         let message = AdminReplicaReadRequest {
             key: key.as_ref().to_vec(),
@@ -351,7 +372,10 @@ impl Client {
             kv_proto::v1::ReplicaState::Unknown => ReplicaState::Unknown,
             kv_proto::v1::ReplicaState::Unspecified => {
                 return Err(Error::Protocol {
-                    message: format!("node {address} returned replica state {} (unspecified)", reply.kind),
+                    message: format!(
+                        "node {address} returned replica state {} (unspecified)",
+                        reply.kind
+                    ),
                 })
             }
         };
@@ -374,7 +398,9 @@ impl Client {
         }
         let Some(id) = parse_node_id(node) else {
             return Err(Error::InvalidArgument {
-                message: format!("{node:?} is neither a node id (hex digits) nor an address (host:port)"),
+                message: format!(
+                    "{node:?} is neither a node id (hex digits) nor an address (host:port)"
+                ),
             });
         };
         let snapshot = match self.cached_ring() {
@@ -434,14 +460,21 @@ impl Client {
         }
         let fetched = Arc::new(RingSnapshot { ring, addresses });
 
-        let mut guard = self.inner.ring.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut guard = self
+            .inner
+            .ring
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let keep_cached = guard.as_ref().is_some_and(|cached| {
-            cached.ring.cluster_id == fetched.ring.cluster_id && cached.ring.is_newer_than(&fetched.ring)
+            cached.ring.cluster_id == fetched.ring.cluster_id
+                && cached.ring.is_newer_than(&fetched.ring)
         });
         if keep_cached {
             return Ok(guard.clone().unwrap_or(fetched));
         }
-        let changed = guard.as_ref().is_none_or(|cached| cached.ring != fetched.ring);
+        let changed = guard
+            .as_ref()
+            .is_none_or(|cached| cached.ring != fetched.ring);
         if changed {
             tracing::debug!(
                 version = fetched.ring.version,
@@ -466,9 +499,11 @@ impl Client {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(endpoint_uri(address)).map_err(|error| Error::InvalidEndpoint {
-            endpoint: address.to_string(),
-            reason: format!("{error}; expected host:port such as 127.0.0.1:7401"),
+        let endpoint = Endpoint::from_shared(endpoint_uri(address)).map_err(|error| {
+            Error::InvalidEndpoint {
+                endpoint: address.to_string(),
+                reason: format!("{error}; expected host:port such as 127.0.0.1:7401"),
+            }
         })?;
         let channel = endpoint
             .connect_timeout(self.inner.options.connect_timeout)
@@ -513,7 +548,12 @@ impl Client {
     /// Runs `op` at the candidates for `key` in turn until one node
     /// coordinates it; see the module documentation for the failover rule.
     /// An idempotent request also moves on after a timeout at one node.
-    async fn call_routed<T, F, Fut>(&self, key: Option<&[u8]>, idempotent: Idempotent, mut op: F) -> Result<T, Error>
+    async fn call_routed<T, F, Fut>(
+        &self,
+        key: Option<&[u8]>,
+        idempotent: Idempotent,
+        mut op: F,
+    ) -> Result<T, Error>
     where
         F: FnMut(&Client, Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
@@ -544,9 +584,13 @@ impl Client {
                     tried.push(format!("{address}: {message}"));
                     self.inner.refresh_wanted.notify_one();
                 }
-                Err(Error::DeadlineExceeded { timeout, message }) if idempotent == Idempotent::Yes => {
+                Err(Error::DeadlineExceeded { timeout, message })
+                    if idempotent == Idempotent::Yes =>
+                {
                     tracing::debug!(%address, ?timeout, "node timed out; trying the next one");
-                    tried.push(format!("{address}: timed out after {timeout:?} ({message})"));
+                    tried.push(format!(
+                        "{address}: timed out after {timeout:?} ({message})"
+                    ));
                     self.inner.refresh_wanted.notify_one();
                 }
                 Err(error) => return Err(error),

@@ -117,7 +117,9 @@ impl Error {
                 address: address.to_string(),
                 message,
             },
-            Code::DeadlineExceeded | Code::Cancelled => Error::DeadlineExceeded { timeout, message },
+            Code::DeadlineExceeded | Code::Cancelled => {
+                Error::DeadlineExceeded { timeout, message }
+            }
             Code::FailedPrecondition => Error::FailedPrecondition { message },
             Code::ResourceExhausted => Error::ResourceExhausted { message },
             // tonic reports broken connections and HTTP/2 errors as UNKNOWN

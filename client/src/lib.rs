@@ -61,8 +61,9 @@ pub use client::Client;
 pub use context::{Context, ContextParseError};
 pub use error::{should_fail_over, Error, ERROR_METADATA_KEY, QUORUM_ERROR};
 pub use options::{
-    ClientOptions, DeleteOptions, ReadOptions, WriteOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_RING_REFRESH_INTERVAL, DEFAULT_UPDATE_ATTEMPTS,
+    ClientOptions, DeleteOptions, ReadOptions, WriteOptions, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RING_REFRESH_INTERVAL,
+    DEFAULT_UPDATE_ATTEMPTS,
 };
 pub use types::{DeleteResult, GetResult, PutResult, ReplicaRead, ReplicaState, RingSnapshot};
 

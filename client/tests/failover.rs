@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use kv_client::proto::kv_server::{Kv, KvServer};
 use kv_client::proto::{
-    DeleteRequest, DeleteResponse, GetRequest, GetResponse, PingRequest, PingResponse, PutRequest, PutResponse,
+    DeleteRequest, DeleteResponse, GetRequest, GetResponse, PingRequest, PingResponse, PutRequest,
+    PutResponse,
 };
 use kv_client::{Client, ClientOptions, Error, ERROR_METADATA_KEY, QUORUM_ERROR};
 use tonic::metadata::MetadataMap;
@@ -100,7 +101,10 @@ impl Kv for FakeService {
         }))
     }
 
-    async fn delete(&self, _request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+    async fn delete(
+        &self,
+        _request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
         self.check().await?;
         Ok(Response::new(DeleteResponse::default()))
     }
@@ -120,7 +124,8 @@ fn start_node(behavior: Behavior, puts_with_sibling: usize) -> (SocketAddr, Arc<
         puts: AtomicUsize::new(0),
         puts_with_sibling,
     });
-    let incoming = TcpIncoming::bind("127.0.0.1:0".parse().expect("valid address")).expect("bind loopback");
+    let incoming =
+        TcpIncoming::bind("127.0.0.1:0".parse().expect("valid address")).expect("bind loopback");
     let address = incoming.local_addr().expect("bound address");
     let service = KvServer::new(FakeService(node.clone()));
     tokio::spawn(async move {
@@ -170,10 +175,13 @@ async fn quorum_failure_does_not_fail_over() {
     let client = connect(&[failing, up]).await;
 
     let context = kv_client::Context::from_bytes(b"ctx".to_vec());
-    let error = tokio::time::timeout(Duration::from_secs(20), client.put("k", b"v".to_vec(), Some(&context)))
-        .await
-        .expect("put finishes")
-        .expect_err("quorum failure is returned");
+    let error = tokio::time::timeout(
+        Duration::from_secs(20),
+        client.put("k", b"v".to_vec(), Some(&context)),
+    )
+    .await
+    .expect("put finishes")
+    .expect_err("quorum failure is returned");
     assert!(matches!(error, Error::QuorumFailed { .. }), "{error:?}");
     assert_eq!(failing_node.puts.load(Ordering::SeqCst), 1);
     assert_eq!(
@@ -205,10 +213,13 @@ async fn put_timeout_does_not_fail_over() {
     let client = connect_with_timeout(&[hung, up], Duration::from_millis(300)).await;
 
     let context = kv_client::Context::from_bytes(b"ctx".to_vec());
-    let error = tokio::time::timeout(Duration::from_secs(20), client.put("k", b"v".to_vec(), Some(&context)))
-        .await
-        .expect("put finishes")
-        .expect_err("the put times out");
+    let error = tokio::time::timeout(
+        Duration::from_secs(20),
+        client.put("k", b"v".to_vec(), Some(&context)),
+    )
+    .await
+    .expect("put finishes")
+    .expect_err("the put times out");
     assert!(matches!(error, Error::DeadlineExceeded { .. }), "{error:?}");
     assert_eq!(hung_node.puts.load(Ordering::SeqCst), 1);
     assert_eq!(

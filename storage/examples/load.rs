@@ -35,7 +35,9 @@ fn parse_options() -> Result<Options, String> {
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let value = args.next().ok_or_else(|| format!("missing value after {flag}"))?;
+        let value = args
+            .next()
+            .ok_or_else(|| format!("missing value after {flag}"))?;
         let parse_count = |value: &str| {
             value
                 .parse::<usize>()
@@ -150,7 +152,8 @@ fn main() {
         let (dir, _temporary) = match &options.dir {
             Some(dir) => (dir.join(kind.name()), None),
             None => {
-                let temporary = tempfile::tempdir().expect("failed to create a temporary directory");
+                let temporary =
+                    tempfile::tempdir().expect("failed to create a temporary directory");
                 (temporary.path().to_path_buf(), Some(temporary))
             }
         };

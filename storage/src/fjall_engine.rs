@@ -77,7 +77,10 @@ impl Engine for FjallEngine {
     }
 
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        let value = self.keyspace(space).get(key).map_err(|e| self.error("read a key", e))?;
+        let value = self
+            .keyspace(space)
+            .get(key)
+            .map_err(|e| self.error("read a key", e))?;
         Ok(value.map(|value| value.to_vec()))
     }
 
@@ -93,7 +96,13 @@ impl Engine for FjallEngine {
         batch.commit().map_err(|e| self.error("write a batch", e))
     }
 
-    fn scan(&self, space: Space, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Entry>, StorageError> {
+    fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
         let Some(end) = checked_end(start, end) else {
             return Ok(Vec::new());
         };
@@ -102,11 +111,16 @@ impl Engine for FjallEngine {
             None => Bound::Unbounded,
         };
         let mut entries = Vec::new();
-        for guard in self.keyspace(space).range::<&[u8], _>((Bound::Included(start), end)) {
+        for guard in self
+            .keyspace(space)
+            .range::<&[u8], _>((Bound::Included(start), end))
+        {
             if entries.len() >= limit {
                 break;
             }
-            let (key, value) = guard.into_inner().map_err(|e| self.error("scan a range", e))?;
+            let (key, value) = guard
+                .into_inner()
+                .map_err(|e| self.error("scan a range", e))?;
             entries.push((key.to_vec(), value.to_vec()));
         }
         Ok(entries)

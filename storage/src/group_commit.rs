@@ -108,11 +108,15 @@ struct Shared {
 impl Shared {
     fn lock_queue(&self) -> MutexGuard<'_, Queue> {
         // The queue stays consistent even if a holder panicked: it is only pushed and drained.
-        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn lock_last_error(&self) -> MutexGuard<'_, Option<Arc<StorageError>>> {
-        self.last_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.last_error
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn enqueue(&self, waiter: Waiter) -> Result<(), StorageError> {
@@ -170,7 +174,9 @@ impl Shared {
             for waiter in waiters {
                 waiter.complete(result.clone());
             }
-            if let (Some(deadline), SyncMode::Periodic { interval }) = (&mut next_periodic, self.mode) {
+            if let (Some(deadline), SyncMode::Periodic { interval }) =
+                (&mut next_periodic, self.mode)
+            {
                 *deadline = Instant::now() + interval;
             }
             if stopping {

@@ -160,7 +160,13 @@ pub trait Engine: Send + Sync + 'static {
     fn write(&self, ops: &[WriteOp]) -> Result<(), StorageError>;
 
     /// Entries with start <= key < end (end None = to the end of the space), ascending, at most `limit`.
-    fn scan(&self, space: Space, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Entry>, StorageError>;
+    fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StorageError>;
 
     /// Makes every write applied before the call durable on disk (a real fsync for fjall).
     fn flush(&self) -> Result<(), StorageError>;

@@ -75,7 +75,10 @@ mod tests {
         for bit in 0..encoded.len() * 8 {
             let mut corrupt = encoded.clone();
             corrupt[bit / 8] ^= 1 << (bit % 8);
-            assert!(decode(&corrupt).is_err(), "flip of bit {bit} was not detected");
+            assert!(
+                decode(&corrupt).is_err(),
+                "flip of bit {bit} was not detected"
+            );
         }
     }
 }

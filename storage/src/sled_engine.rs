@@ -61,23 +61,26 @@ impl SledEngine {
     /// Writes ops of several spaces in one transaction over all trees.
     fn write_transaction(&self, ops: &[WriteOp]) -> Result<(), StorageError> {
         let trees: Vec<&Tree> = self.trees.iter().collect();
-        let result: Result<(), TransactionError<()>> = sled::Transactional::transaction(trees.as_slice(), |views| {
-            for op in ops {
-                let view = &views[op.space.index()];
-                match &op.value {
-                    Some(value) => {
-                        view.insert(op.key.as_slice(), value.as_slice())?;
-                    }
-                    None => {
-                        view.remove(op.key.as_slice())?;
+        let result: Result<(), TransactionError<()>> =
+            sled::Transactional::transaction(trees.as_slice(), |views| {
+                for op in ops {
+                    let view = &views[op.space.index()];
+                    match &op.value {
+                        Some(value) => {
+                            view.insert(op.key.as_slice(), value.as_slice())?;
+                        }
+                        None => {
+                            view.remove(op.key.as_slice())?;
+                        }
                     }
                 }
-            }
-            Ok::<(), ConflictableTransactionError<()>>(())
-        });
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
         match result {
             Ok(()) => Ok(()),
-            Err(TransactionError::Storage(source)) => Err(self.error("write a transaction", source)),
+            Err(TransactionError::Storage(source)) => {
+                Err(self.error("write a transaction", source))
+            }
             Err(TransactionError::Abort(())) => unreachable!("the transaction never aborts"),
         }
     }
@@ -98,7 +101,10 @@ impl Engine for SledEngine {
     }
 
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        let value = self.tree(space).get(key).map_err(|e| self.error("read a key", e))?;
+        let value = self
+            .tree(space)
+            .get(key)
+            .map_err(|e| self.error("read a key", e))?;
         Ok(value.map(|value| value.to_vec()))
     }
 
@@ -121,7 +127,13 @@ impl Engine for SledEngine {
             .map_err(|e| self.error("write a batch", e))
     }
 
-    fn scan(&self, space: Space, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<Entry>, StorageError> {
+    fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
         let Some(end) = checked_end(start, end) else {
             return Ok(Vec::new());
         };
@@ -142,11 +154,17 @@ impl Engine for SledEngine {
     }
 
     fn flush(&self) -> Result<(), StorageError> {
-        self.db.flush().map(drop).map_err(|e| self.error("flush", e))
+        self.db
+            .flush()
+            .map(drop)
+            .map_err(|e| self.error("flush", e))
     }
 
     fn is_empty(&self, space: Space) -> Result<bool, StorageError> {
-        let first = self.tree(space).first().map_err(|e| self.error("check for keys", e))?;
+        let first = self
+            .tree(space)
+            .first()
+            .map_err(|e| self.error("check for keys", e))?;
         Ok(first.is_none())
     }
 }

@@ -5,17 +5,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kv_storage::record::{self, RecordError};
-use kv_storage::{open, Engine, EngineKind, GroupCommit, ParseSettingError, Space, StorageError, SyncMode, WriteOp};
+use kv_storage::{
+    open, Engine, EngineKind, GroupCommit, ParseSettingError, Space, StorageError, SyncMode,
+    WriteOp,
+};
 
 /// Upper bound of every async test body.
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn open_engine(kind: EngineKind, dir: &Path) -> Arc<dyn Engine> {
-    open(kind, dir).unwrap_or_else(|error| panic!("failed to open {kind} in {}: {error}", dir.display()))
+    open(kind, dir)
+        .unwrap_or_else(|error| panic!("failed to open {kind} in {}: {error}", dir.display()))
 }
 
 fn put(engine: &dyn Engine, space: Space, key: &[u8], value: &[u8]) {
-    engine.write(&[WriteOp::put(space, key, value)]).expect("put failed");
+    engine
+        .write(&[WriteOp::put(space, key, value)])
+        .expect("put failed");
 }
 
 fn keys_of(entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<Vec<u8>> {
@@ -41,8 +47,14 @@ fn get_put_delete_each_space(kind: EngineKind) {
             "{space}: overwrite"
         );
         engine.write(&[WriteOp::delete(space, b"k")]).unwrap();
-        assert_eq!(engine.get(space, b"k").unwrap(), None, "{space}: after delete");
-        engine.write(&[WriteOp::delete(space, b"never-written")]).unwrap();
+        assert_eq!(
+            engine.get(space, b"k").unwrap(),
+            None,
+            "{space}: after delete"
+        );
+        engine
+            .write(&[WriteOp::delete(space, b"never-written")])
+            .unwrap();
     }
 }
 
@@ -60,9 +72,14 @@ fn spaces_are_isolated(kind: EngineKind) {
         let all = engine.scan(space, b"", None, usize::MAX).unwrap();
         assert_eq!(all.len(), 1, "{space} sees keys of another space");
     }
-    engine.write(&[WriteOp::delete(Space::Hints, b"shared")]).unwrap();
+    engine
+        .write(&[WriteOp::delete(Space::Hints, b"shared")])
+        .unwrap();
     assert_eq!(engine.get(Space::Hints, b"shared").unwrap(), None);
-    assert_eq!(engine.get(Space::Data, b"shared").unwrap(), Some(b"data".to_vec()));
+    assert_eq!(
+        engine.get(Space::Data, b"shared").unwrap(),
+        Some(b"data".to_vec())
+    );
 }
 
 fn multi_op_write_applies_all(kind: EngineKind) {
@@ -140,7 +157,10 @@ fn scan_bounds_order_limit(kind: EngineKind) {
     );
 
     let open_end = engine.scan(Space::Data, b"c", None, 100).unwrap();
-    assert_eq!(keys_of(&open_end), [b"c".to_vec(), b"d".to_vec(), b"e".to_vec()]);
+    assert_eq!(
+        keys_of(&open_end),
+        [b"c".to_vec(), b"d".to_vec(), b"e".to_vec()]
+    );
 
     let limited = engine.scan(Space::Data, b"", None, 2).unwrap();
     assert_eq!(
@@ -149,13 +169,22 @@ fn scan_bounds_order_limit(kind: EngineKind) {
         "limit keeps the smallest keys"
     );
 
-    assert!(engine.scan(Space::Data, b"a", None, 0).unwrap().is_empty(), "limit 0");
     assert!(
-        engine.scan(Space::Data, b"c", Some(b"c"), 10).unwrap().is_empty(),
+        engine.scan(Space::Data, b"a", None, 0).unwrap().is_empty(),
+        "limit 0"
+    );
+    assert!(
+        engine
+            .scan(Space::Data, b"c", Some(b"c"), 10)
+            .unwrap()
+            .is_empty(),
         "empty range"
     );
     assert!(
-        engine.scan(Space::Data, b"d", Some(b"b"), 10).unwrap().is_empty(),
+        engine
+            .scan(Space::Data, b"d", Some(b"b"), 10)
+            .unwrap()
+            .is_empty(),
         "inverted range"
     );
     assert!(
@@ -178,10 +207,18 @@ fn binary_keys_and_empty_values(kind: EngineKind) {
         put(&*engine, Space::Data, key, b"");
     }
     for key in keys {
-        assert_eq!(engine.get(Space::Data, key).unwrap(), Some(Vec::new()), "key {key:?}");
+        assert_eq!(
+            engine.get(Space::Data, key).unwrap(),
+            Some(Vec::new()),
+            "key {key:?}"
+        );
     }
     let all = engine.scan(Space::Data, &[], None, 100).unwrap();
-    assert_eq!(keys_of(&all), keys.map(<[u8]>::to_vec), "bytewise unsigned order");
+    assert_eq!(
+        keys_of(&all),
+        keys.map(<[u8]>::to_vec),
+        "bytewise unsigned order"
+    );
     let high = engine
         .scan(Space::Data, &[0x80], Some(&[0xff, 0xff, 0xff]), 100)
         .unwrap();
@@ -216,7 +253,9 @@ fn reopen_keeps_flushed_data(kind: EngineKind) {
             put(&*engine, space, b"key", space.name().as_bytes());
         }
         put(&*engine, Space::Data, b"gone", b"x");
-        engine.write(&[WriteOp::delete(Space::Data, b"gone")]).unwrap();
+        engine
+            .write(&[WriteOp::delete(Space::Data, b"gone")])
+            .unwrap();
         engine.flush().unwrap();
     }
     let engine = open_engine(kind, dir.path());
@@ -259,7 +298,11 @@ fn other_engine_dir_rejected(kind: EngineKind) {
     drop(open_engine(kind, dir.path()));
     for other in EngineKind::ALL.into_iter().filter(|other| *other != kind) {
         match open(other, dir.path()) {
-            Err(StorageError::EngineMismatch { path, found, requested }) => {
+            Err(StorageError::EngineMismatch {
+                path,
+                found,
+                requested,
+            }) => {
                 assert_eq!(path, dir.path());
                 assert_eq!(found, kind);
                 assert_eq!(requested, other);
@@ -283,9 +326,17 @@ fn is_empty_per_space(kind: EngineKind) {
     }
     put(&*engine, Space::Intents, b"k", b"v");
     assert!(!engine.is_empty(Space::Intents).unwrap());
-    assert!(engine.is_empty(Space::Data).unwrap(), "other spaces stay empty");
-    engine.write(&[WriteOp::delete(Space::Intents, b"k")]).unwrap();
-    assert!(engine.is_empty(Space::Intents).unwrap(), "empty again after delete");
+    assert!(
+        engine.is_empty(Space::Data).unwrap(),
+        "other spaces stay empty"
+    );
+    engine
+        .write(&[WriteOp::delete(Space::Intents, b"k")])
+        .unwrap();
+    assert!(
+        engine.is_empty(Space::Intents).unwrap(),
+        "empty again after delete"
+    );
 }
 
 fn stored_record_bit_flip_detected(kind: EngineKind) {
@@ -300,7 +351,10 @@ fn stored_record_bit_flip_detected(kind: EngineKind) {
     put(&*engine, Space::Data, b"r", &stored);
     let corrupt = engine.get(Space::Data, b"r").unwrap().unwrap();
     assert!(
-        matches!(record::decode(&corrupt), Err(RecordError::BadChecksum { .. })),
+        matches!(
+            record::decode(&corrupt),
+            Err(RecordError::BadChecksum { .. })
+        ),
         "{:?}",
         record::decode(&corrupt)
     );
@@ -338,12 +392,18 @@ async fn group_commit_shares_flushes(kind: EngineKind) {
     );
 
     group.shutdown().unwrap();
-    assert!(matches!(group.durable().await, Err(StorageError::GroupCommitStopped)));
+    assert!(matches!(
+        group.durable().await,
+        Err(StorageError::GroupCommitStopped)
+    ));
     assert!(matches!(
         group.durable_blocking(),
         Err(StorageError::GroupCommitStopped)
     ));
-    assert!(group.shutdown().is_ok(), "repeated shutdown returns the first result");
+    assert!(
+        group.shutdown().is_ok(),
+        "repeated shutdown returns the first result"
+    );
     drop(group);
     drop(engine);
 
@@ -373,7 +433,11 @@ async fn periodic_durable_skips_flush(kind: EngineKind) {
     assert_eq!(group.flushes(), 0, "periodic durable() must not flush");
 
     tokio::task::block_in_place(|| group.flush_now_blocking()).unwrap();
-    assert_eq!(group.flushes(), 1, "flush_now_blocking flushes in periodic mode");
+    assert_eq!(
+        group.flushes(),
+        1,
+        "flush_now_blocking flushes in periodic mode"
+    );
 
     group.shutdown().unwrap();
     assert_eq!(group.flushes(), 2, "shutdown runs a final flush");
@@ -509,12 +573,18 @@ fn record_codec_errors() {
         Err(RecordError::BadChecksum { .. })
     ));
 
-    assert_eq!(record::decode(&encoded[..4]), Err(RecordError::Truncated { len: 4 }));
+    assert_eq!(
+        record::decode(&encoded[..4]),
+        Err(RecordError::Truncated { len: 4 })
+    );
     assert_eq!(record::decode(&[]), Err(RecordError::Truncated { len: 0 }));
 
     let mut future = encoded.clone();
     future[0] = 2;
-    assert_eq!(record::decode(&future), Err(RecordError::UnknownVersion { version: 2 }));
+    assert_eq!(
+        record::decode(&future),
+        Err(RecordError::UnknownVersion { version: 2 })
+    );
 }
 
 /// CRC-32 (IEEE) computed bit by bit, independent of the crate under test.
@@ -540,7 +610,12 @@ fn engine_kind_parse_and_display() {
         assert_eq!(kind.to_string().parse::<EngineKind>(), Ok(kind));
     }
     let error = "rocksdb".parse::<EngineKind>().unwrap_err();
-    assert_eq!(error, ParseSettingError::UnknownEngine { name: "rocksdb".into() });
+    assert_eq!(
+        error,
+        ParseSettingError::UnknownEngine {
+            name: "rocksdb".into()
+        }
+    );
     let message = error.to_string();
     assert!(
         message.contains("\"fjall\"") && message.contains("\"sled\""),

@@ -125,7 +125,9 @@ fn run_child_and_kill(kind: EngineKind, dir: &Path, round: usize) -> Vec<String>
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             // libtest may print its own text on the same line before the first acknowledgement.
-            let Some(start) = line.find(ACK_PREFIX) else { continue };
+            let Some(start) = line.find(ACK_PREFIX) else {
+                continue;
+            };
             let Some(key) = line[start + ACK_PREFIX.len()..].strip_suffix(ACK_SUFFIX) else {
                 continue;
             };
@@ -161,7 +163,9 @@ fn run_child_and_kill(kind: EngineKind, dir: &Path, round: usize) -> Vec<String>
         match acks.recv_timeout(remaining) {
             Ok(key) => acknowledged.push(key),
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => panic!("{kind} round {round}: child output did not end"),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("{kind} round {round}: child output did not end")
+            }
         }
     }
     reader.join().expect("stdout reader panicked");
@@ -174,24 +178,31 @@ fn killed_writer_keeps_acknowledged(kind: EngineKind) {
     for round in 0..ROUNDS {
         acknowledged.extend(run_child_and_kill(kind, dir.path(), round));
 
-        let engine = open(kind, dir.path())
-            .unwrap_or_else(|error| panic!("{kind} round {round}: reopen after SIGKILL failed: {error}"));
+        let engine = open(kind, dir.path()).unwrap_or_else(|error| {
+            panic!("{kind} round {round}: reopen after SIGKILL failed: {error}")
+        });
         for key in &acknowledged {
             let expected = expected_value(key);
-            let data = engine.get(Space::Data, key.as_bytes()).expect("read of Data failed");
+            let data = engine
+                .get(Space::Data, key.as_bytes())
+                .expect("read of Data failed");
             assert_eq!(
                 data.as_ref(),
                 Some(&expected),
                 "{kind} round {round}: acknowledged key {key} lost in Data"
             );
-            let hint = engine.get(Space::Hints, key.as_bytes()).expect("read of Hints failed");
+            let hint = engine
+                .get(Space::Hints, key.as_bytes())
+                .expect("read of Hints failed");
             assert_eq!(
                 hint.as_ref(),
                 Some(&expected),
                 "{kind} round {round}: {key} in Data but not in Hints"
             );
         }
-        let stored = engine.scan(Space::Data, b"", None, usize::MAX).expect("scan failed");
+        let stored = engine
+            .scan(Space::Data, b"", None, usize::MAX)
+            .expect("scan failed");
         for (key, value) in &stored {
             assert!(
                 record::decode(value).is_ok(),

@@ -27,7 +27,13 @@ impl Engine for FlakyEngine {
         Ok(())
     }
 
-    fn scan(&self, _: Space, _: &[u8], _: Option<&[u8]>, _: usize) -> Result<Vec<Entry>, StorageError> {
+    fn scan(
+        &self,
+        _: Space,
+        _: &[u8],
+        _: Option<&[u8]>,
+        _: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
         Ok(Vec::new())
     }
 
@@ -55,9 +61,15 @@ async fn always_reports_flush_failure() {
         group.durable().await.expect("first flush succeeds");
 
         engine.fail_flush.store(true, Ordering::SeqCst);
-        let error = group.durable().await.expect_err("failed flush must fail durable()");
+        let error = group
+            .durable()
+            .await
+            .expect_err("failed flush must fail durable()");
         assert!(matches!(error, StorageError::FlushFailed { .. }), "{error}");
-        assert!(error.to_string().contains("injected flush failure"), "{error}");
+        assert!(
+            error.to_string().contains("injected flush failure"),
+            "{error}"
+        );
         assert!(group.durable_blocking().is_err());
 
         engine.fail_flush.store(false, Ordering::SeqCst);
@@ -98,8 +110,14 @@ fn shutdown_reports_final_failure() {
     let engine = Arc::new(FlakyEngine::default());
     let group = GroupCommit::start(engine.clone(), SyncMode::Always);
     engine.fail_flush.store(true, Ordering::SeqCst);
-    assert!(matches!(group.shutdown(), Err(StorageError::FlushFailed { .. })));
-    assert!(group.shutdown().is_err(), "repeated shutdown returns the same failure");
+    assert!(matches!(
+        group.shutdown(),
+        Err(StorageError::FlushFailed { .. })
+    ));
+    assert!(
+        group.shutdown().is_err(),
+        "repeated shutdown returns the same failure"
+    );
     assert_eq!(group.flushes(), 1, "one final flush");
 }
 
@@ -109,7 +127,13 @@ fn last_clone_drop_stops_thread() {
     let group = GroupCommit::start(engine.clone(), SyncMode::Always);
     let clone = group.clone();
     drop(group);
-    clone.durable_blocking().expect("a remaining clone keeps the thread");
+    clone
+        .durable_blocking()
+        .expect("a remaining clone keeps the thread");
     drop(clone);
-    assert_eq!(Arc::strong_count(&engine), 1, "the flush thread still holds the engine");
+    assert_eq!(
+        Arc::strong_count(&engine),
+        1,
+        "the flush thread still holds the engine"
+    );
 }

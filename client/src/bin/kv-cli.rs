@@ -61,7 +61,9 @@ fn exit_code(error: &anyhow::Error) -> u8 {
             | E::ResourceExhausted { .. }
             | E::NoReachableNode { .. }
             | E::Transport { .. } => 4,
-            E::InvalidArgument { .. } | E::FailedPrecondition { .. } | E::InvalidEndpoint { .. } => 5,
+            E::InvalidArgument { .. }
+            | E::FailedPrecondition { .. }
+            | E::InvalidEndpoint { .. } => 5,
             E::Protocol { .. } | E::Server { .. } => 1,
         };
     }
@@ -102,7 +104,10 @@ fn init_logging() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("kv-cli: cannot start the async runtime: {error}");
@@ -127,8 +132,17 @@ mod tests {
     fn exit_codes_follow_help() {
         let cases: Vec<(anyhow::Error, u8)> = vec![
             (CliError::KeyNotFound { key: "k".into() }.into(), 3),
-            (kv_client::Error::NoReachableNode { tried: vec![] }.into(), 4),
-            (kv_client::Error::QuorumFailed { message: "m".into() }.into(), 4),
+            (
+                kv_client::Error::NoReachableNode { tried: vec![] }.into(),
+                4,
+            ),
+            (
+                kv_client::Error::QuorumFailed {
+                    message: "m".into(),
+                }
+                .into(),
+                4,
+            ),
             (
                 kv_client::Error::DeadlineExceeded {
                     timeout: Duration::from_secs(1),
@@ -137,13 +151,35 @@ mod tests {
                 .into(),
                 4,
             ),
-            (kv_client::Error::InvalidArgument { message: "m".into() }.into(), 5),
-            (kv_client::Error::FailedPrecondition { message: "m".into() }.into(), 5),
             (
-                CliError::InvalidContext(kv_client::Context::from_base64("!").expect_err("invalid")).into(),
+                kv_client::Error::InvalidArgument {
+                    message: "m".into(),
+                }
+                .into(),
                 5,
             ),
-            (CliError::ImportFailed { failed: 1, total: 2 }.into(), 1),
+            (
+                kv_client::Error::FailedPrecondition {
+                    message: "m".into(),
+                }
+                .into(),
+                5,
+            ),
+            (
+                CliError::InvalidContext(
+                    kv_client::Context::from_base64("!").expect_err("invalid"),
+                )
+                .into(),
+                5,
+            ),
+            (
+                CliError::ImportFailed {
+                    failed: 1,
+                    total: 2,
+                }
+                .into(),
+                1,
+            ),
             (anyhow::anyhow!("cannot read file"), 1),
         ];
         for (error, code) in cases {
@@ -153,7 +189,8 @@ mod tests {
 
     #[test]
     fn exit_code_sees_through_context() {
-        let error = anyhow::Error::from(CliError::KeyNotFound { key: "k".into() }).context("while reading");
+        let error =
+            anyhow::Error::from(CliError::KeyNotFound { key: "k".into() }).context("while reading");
         assert_eq!(exit_code(&error), 3);
     }
 }

@@ -192,7 +192,8 @@ mod tests {
 
     #[test]
     fn get_parses_quorum_and_globals() {
-        let cli = parse(&["--endpoints", "a:1,b:2", "--json", "get", "k", "--r", "3"]).expect("valid command line");
+        let cli = parse(&["--endpoints", "a:1,b:2", "--json", "get", "k", "--r", "3"])
+            .expect("valid command line");
         assert_eq!(cli.endpoints, vec!["a:1", "b:2"]);
         assert!(cli.json);
         match cli.command {
@@ -253,7 +254,10 @@ mod tests {
     #[test]
     fn ring_partitions_flag() {
         let cli = parse(&["ring", "--partitions"]).expect("valid");
-        assert!(matches!(cli.command, Command::Ring(RingArgs { partitions: true })));
+        assert!(matches!(
+            cli.command,
+            Command::Ring(RingArgs { partitions: true })
+        ));
     }
 
     #[test]

@@ -4,7 +4,9 @@ use std::io::{IsTerminal, Read, Write};
 
 use anyhow::Context as _;
 use kv_client::proto::{MemberInfo, StatusResponse};
-use kv_client::{format_node_id, Client, Context, DeleteOptions, ReadOptions, ReplicaRead, WriteOptions};
+use kv_client::{
+    format_node_id, Client, Context, DeleteOptions, ReadOptions, ReplicaRead, WriteOptions,
+};
 use serde_json::json;
 
 use crate::args::{DeleteArgs, GetArgs, MembersArgs, PutArgs, RingArgs, StatusArgs};
@@ -34,13 +36,20 @@ pub async fn get(client: &Client, args: &GetArgs, json: bool) -> anyhow::Result<
         return Ok(());
     }
 
-    let read = client.get_with(&args.key, ReadOptions { r: args.r }).await?;
+    let read = client
+        .get_with(&args.key, ReadOptions { r: args.r })
+        .await?;
     if args.raw {
         return match read.values.as_slice() {
-            [] => Err(CliError::KeyNotFound { key: args.key.clone() }.into()),
+            [] => Err(CliError::KeyNotFound {
+                key: args.key.clone(),
+            }
+            .into()),
             [value] => {
                 let mut stdout = std::io::stdout().lock();
-                stdout.write_all(value).context("cannot write to standard output")?;
+                stdout
+                    .write_all(value)
+                    .context("cannot write to standard output")?;
                 stdout.flush().context("cannot write to standard output")?;
                 Ok(())
             }
@@ -75,7 +84,10 @@ pub async fn get(client: &Client, args: &GetArgs, json: bool) -> anyhow::Result<
         }
     }
     if read.is_missing() {
-        return Err(CliError::KeyNotFound { key: args.key.clone() }.into());
+        return Err(CliError::KeyNotFound {
+            key: args.key.clone(),
+        }
+        .into());
     }
     Ok(())
 }
@@ -114,7 +126,8 @@ fn read_value(args: &PutArgs) -> anyhow::Result<Vec<u8>> {
         return Ok(value.as_bytes().to_vec());
     }
     if let Some(path) = &args.file {
-        return std::fs::read(path).with_context(|| format!("cannot read value file {}", path.display()));
+        return std::fs::read(path)
+            .with_context(|| format!("cannot read value file {}", path.display()));
     }
     let mut value = Vec::new();
     if std::io::stdin().is_terminal() {
@@ -152,7 +165,12 @@ pub async fn put(client: &Client, args: &PutArgs, json: bool) -> anyhow::Result<
     let context = parse_context(args.context.as_deref())?;
     let value = read_value(args)?;
     let written = client
-        .put_with(&args.key, value, context.as_ref(), WriteOptions { w: args.w })
+        .put_with(
+            &args.key,
+            value,
+            context.as_ref(),
+            WriteOptions { w: args.w },
+        )
         .await?;
     print_write(&args.key, &written.context, &written.siblings, json);
     Ok(())
@@ -160,8 +178,13 @@ pub async fn put(client: &Client, args: &PutArgs, json: bool) -> anyhow::Result<
 
 pub async fn delete(client: &Client, args: &DeleteArgs, json: bool) -> anyhow::Result<()> {
     let context = parse_context(args.context.as_deref())?;
-    let options = DeleteOptions { w: args.w, r: args.r };
-    let deleted = client.delete_with(&args.key, context.as_ref(), options).await?;
+    let options = DeleteOptions {
+        w: args.w,
+        r: args.r,
+    };
+    let deleted = client
+        .delete_with(&args.key, context.as_ref(), options)
+        .await?;
     print_write(&args.key, &deleted.context, &deleted.siblings, json);
     Ok(())
 }
@@ -241,7 +264,9 @@ pub async fn ring(client: &Client, args: &RingArgs, json: bool) -> anyhow::Resul
     let replicas = ring.replicas_per_node();
     let address = |node| snapshot.address_of(node).unwrap_or("?").to_string();
     let preference_lists: Vec<Vec<u64>> = if args.partitions {
-        (0..ring.partitions).map(|p| ring.preference_list(p)).collect()
+        (0..ring.partitions)
+            .map(|p| ring.preference_list(p))
+            .collect()
     } else {
         Vec::new()
     };
@@ -339,7 +364,12 @@ fn status_json(status: &StatusResponse) -> serde_json::Value {
     })
 }
 
-pub async fn status(client: &Client, args: &StatusArgs, endpoints: &[String], json: bool) -> anyhow::Result<()> {
+pub async fn status(
+    client: &Client,
+    args: &StatusArgs,
+    endpoints: &[String],
+    json: bool,
+) -> anyhow::Result<()> {
     let address = match (&args.node, endpoints.first()) {
         (Some(node), _) => node.clone(),
         (None, Some(first)) => first.clone(),

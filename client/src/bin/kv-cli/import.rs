@@ -215,14 +215,16 @@ async fn load_record(client: &Client, record: Record, blind: bool) -> Result<(),
     } else {
         Some(client.get(&record.key).await?.context)
     };
-    client.put(&record.key, record.value, context.as_ref()).await?;
+    client
+        .put(&record.key, record.value, context.as_ref())
+        .await?;
     Ok(())
 }
 
 /// Runs `kv-cli import` and prints the summary.
 pub async fn run(client: &Client, args: &ImportArgs, json: bool) -> anyhow::Result<()> {
-    let bytes =
-        std::fs::read(&args.file).with_context(|| format!("cannot read import file {}", args.file.display()))?;
+    let bytes = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read import file {}", args.file.display()))?;
     let text = String::from_utf8(bytes).map_err(|error| CliError::Usage {
         message: format!(
             "import file {} is not valid UTF-8 (first invalid byte at offset {})",
@@ -243,13 +245,19 @@ pub async fn run(client: &Client, args: &ImportArgs, json: bool) -> anyhow::Resu
     for item in parsed {
         match item {
             Ok(record) => records.push(record),
-            Err(failure) => summary.record_failure(format!("line {}", failure.line), failure.reason),
+            Err(failure) => {
+                summary.record_failure(format!("line {}", failure.line), failure.reason)
+            }
         }
     }
 
     // A terminal gets one progress line rewritten in place, a log file
     // gets separate lines.
-    let progress_end = if std::io::stderr().is_terminal() { "\r" } else { "\n" };
+    let progress_end = if std::io::stderr().is_terminal() {
+        "\r"
+    } else {
+        "\n"
+    };
     let started = Instant::now();
     let mut last_progress = started;
     let blind = args.blind;
@@ -373,7 +381,10 @@ mod tests {
     #[test]
     fn jsonl_rejects_empty_key() {
         let parsed = parse_jsonl("{\"key\": \"\", \"value\": \"v\"}");
-        assert_eq!(parsed[0].as_ref().expect_err("empty key").reason, "empty key");
+        assert_eq!(
+            parsed[0].as_ref().expect_err("empty key").reason,
+            "empty key"
+        );
     }
 
     #[test]
@@ -400,7 +411,10 @@ Description: no blank line after this stanza";
         );
         let (key, value) = ok(&parsed[1]);
         assert_eq!(key, "beta");
-        assert!(value.ends_with("no blank line after this stanza\n"), "{value}");
+        assert!(
+            value.ends_with("no blank line after this stanza\n"),
+            "{value}"
+        );
     }
 
     #[test]
@@ -427,7 +441,10 @@ Description: no blank line after this stanza";
             record("c", "1"),
         ]);
         assert_eq!(waves.len(), 3);
-        assert_eq!(waves[0], vec![record("a", "1"), record("b", "1"), record("c", "1")]);
+        assert_eq!(
+            waves[0],
+            vec![record("a", "1"), record("b", "1"), record("c", "1")]
+        );
         assert_eq!(waves[1], vec![record("a", "2")]);
         assert_eq!(waves[2], vec![record("a", "3")]);
     }

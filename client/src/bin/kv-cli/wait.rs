@@ -89,7 +89,10 @@ mod tests {
 
     #[test]
     fn check_members_accepts_formed_cluster() {
-        let members = reply(vec![member("a", "normal", true, 2), member("b", "normal", true, 2)]);
+        let members = reply(vec![
+            member("a", "normal", true, 2),
+            member("b", "normal", true, 2),
+        ]);
         assert_eq!(check_members(&members, 2), Ok(()));
     }
 
@@ -113,7 +116,10 @@ mod tests {
 
     #[test]
     fn check_members_rejects_ring_version_mismatch() {
-        let members = reply(vec![member("a", "normal", true, 2), member("b", "normal", true, 3)]);
+        let members = reply(vec![
+            member("a", "normal", true, 2),
+            member("b", "normal", true, 3),
+        ]);
         let reason = check_members(&members, 2).expect_err("versions differ");
         assert!(reason.contains("ring version"), "{reason}");
     }
