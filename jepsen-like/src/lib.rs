@@ -1,0 +1,3 @@
+//! kv-jepsen: a fault-injection harness for ringkv.
+
+pub mod history;
