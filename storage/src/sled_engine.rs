@@ -27,10 +27,23 @@ pub(crate) struct SledEngine {
 
 impl SledEngine {
     pub(crate) fn open(path: &Path, lock: DirLock) -> Result<SledEngine, StorageError> {
-        let db = sled::Config::new()
-            .path(path)
-            .open()
-            .map_err(|source| engine_error("open database", path, source))?;
+        // The directory lock already keeps other processes out, so a sled
+        // lock error here means an earlier handle in this process is still
+        // shutting down: sled releases its file lock from a background
+        // thread after the last handle is dropped. Retry for a short while.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let db = loop {
+            match sled::Config::new().path(path).open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(error))
+                    if error.kind() == std::io::ErrorKind::WouldBlock
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(source) => return Err(engine_error("open database", path, source)),
+            }
+        };
         let mut trees = Vec::with_capacity(Space::ALL.len());
         for space in Space::ALL {
             let tree = db
