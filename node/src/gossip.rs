@@ -90,8 +90,8 @@ pub fn from_entries(entries: &[MemberEntry], removed: &[u64], marked_down: &[u64
 }
 
 impl Node {
-    /// Checks the header of a peer message: format version, cluster id,
-    /// removed sender, deadline.
+    /// Checks the header of a peer message: format version, cluster id and
+    /// removed sender.
     pub fn check_header(&self, header: Option<&PeerHeader>) -> Result<(), Status> {
         let Some(header) = header else {
             return Err(Status::invalid_argument("peer message without a header"));
@@ -117,11 +117,6 @@ impl Node {
                 "node {} was removed from cluster {cluster_id}; wipe its data directory to join as a new node",
                 format_node_id(header.sender)
             )));
-        }
-        if header.deadline_unix_ms != 0 && header.deadline_unix_ms < crate::peers::unix_ms() {
-            return Err(Status::deadline_exceeded(
-                "peer message arrived after its deadline; dropped",
-            ));
         }
         Ok(())
     }

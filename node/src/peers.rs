@@ -7,7 +7,7 @@ use kv_proto::v1::PeerHeader;
 use kv_proto::FORMAT_VERSION;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
 /// Channel pool keyed by peer address.
@@ -58,28 +58,19 @@ impl Peers {
     }
 }
 
-/// Unix time in milliseconds.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// A peer header for a message from `sender` that expires after `deadline`.
+/// Builds the header of a message from `sender`; the receiver gives up on
+/// the request after `timeout`.
 pub fn header(
     cluster_id: &str,
     sender: u64,
     ring_version: u64,
-    deadline: Option<Duration>,
+    timeout: Option<Duration>,
 ) -> PeerHeader {
     PeerHeader {
         format_version: FORMAT_VERSION,
         cluster_id: cluster_id.to_string(),
         sender,
         ring_version,
-        deadline_unix_ms: deadline
-            .map(|after| unix_ms() + after.as_millis() as u64)
-            .unwrap_or(0),
+        timeout_ms: timeout.map(|after| after.as_millis() as u64).unwrap_or(0),
     }
 }

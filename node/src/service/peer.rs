@@ -42,6 +42,24 @@ impl PeerService {
     }
 }
 
+/// Runs a replica request within the sender's timeout (0 means no limit).
+async fn within_timeout<T>(
+    header: Option<&PeerHeader>,
+    work: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let timeout_ms = header.map(|header| header.timeout_ms).unwrap_or(0);
+    if timeout_ms == 0 {
+        return work.await;
+    }
+    tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), work)
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "gave up after the sender's timeout of {timeout_ms} ms"
+            ))
+        })?
+}
+
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn replica_read(
@@ -52,34 +70,39 @@ impl Peer for PeerService {
         self.node.check_header(request.header.as_ref())?;
         validate_key(&request.key)?;
         self.check_replica(request.header.as_ref(), &request.key)?;
-        let local = self
-            .node
-            .store
-            .read(&request.key)
-            .await
-            .map_err(|error| Status::internal(error.to_string()))?;
-        let response = match local {
-            LocalCopy::Missing => ReplicaReadResponse {
-                format_version: FORMAT_VERSION,
-                kind: ReplicaState::Missing as i32,
-                ..Default::default()
-            },
-            LocalCopy::Unknown => ReplicaReadResponse {
-                format_version: FORMAT_VERSION,
-                kind: ReplicaState::Unknown as i32,
-                ..Default::default()
-            },
-            LocalCopy::Present { state, .. } => ReplicaReadResponse {
-                format_version: FORMAT_VERSION,
-                kind: ReplicaState::Present as i32,
-                digest: encode_digest(state.digest(&request.key)),
-                state: if request.digest_only {
-                    Vec::new()
-                } else {
-                    state.encode()
+        let header = request.header.clone();
+        let response = within_timeout(header.as_ref(), async {
+            let local = self
+                .node
+                .store
+                .read(&request.key)
+                .await
+                .map_err(|error| Status::internal(error.to_string()))?;
+            let response = match local {
+                LocalCopy::Missing => ReplicaReadResponse {
+                    format_version: FORMAT_VERSION,
+                    kind: ReplicaState::Missing as i32,
+                    ..Default::default()
                 },
-            },
-        };
+                LocalCopy::Unknown => ReplicaReadResponse {
+                    format_version: FORMAT_VERSION,
+                    kind: ReplicaState::Unknown as i32,
+                    ..Default::default()
+                },
+                LocalCopy::Present { state, .. } => ReplicaReadResponse {
+                    format_version: FORMAT_VERSION,
+                    kind: ReplicaState::Present as i32,
+                    digest: encode_digest(state.digest(&request.key)),
+                    state: if request.digest_only {
+                        Vec::new()
+                    } else {
+                        state.encode()
+                    },
+                },
+            };
+            Ok(response)
+        })
+        .await?;
         Ok(Response::new(response))
     }
 
@@ -94,11 +117,15 @@ impl Peer for PeerService {
         let state = State::decode(&request.state).map_err(|error| {
             Status::invalid_argument(format!("replica write with an invalid state: {error}"))
         })?;
-        self.node
-            .store
-            .store_incoming(&request.key, state)
-            .await
-            .map_err(|error| Status::internal(error.to_string()))?;
+        within_timeout(request.header.as_ref(), async {
+            self.node
+                .store
+                .store_incoming(&request.key, state)
+                .await
+                .map_err(|error| Status::internal(error.to_string()))?;
+            Ok(())
+        })
+        .await?;
         Ok(Response::new(ReplicaWriteResponse {
             format_version: FORMAT_VERSION,
         }))
