@@ -1,10 +1,10 @@
 //! The coordinator: quorum writes and reads of client requests.
 //!
 //! Contract of a write at quorum W: the coordinator applies the put to its
-//! own engine, sends the resulting state of the key (context and every
-//! value, never only the new value) to the other replicas of the preference
-//! list at once, and answers after W durable acknowledgements, its own group
-//! commit included. Writes still in flight then continue in the background.
+//! own engine and at once sends the resulting state of the key (context and
+//! every value, never only the new value) to the other replicas of the
+//! preference list. It returns after W durable acknowledgements, its own
+//! group commit included. Writes still in flight then continue in the background.
 //! If W acknowledgements do not arrive before the request timeout the client
 //! gets UNAVAILABLE, and the message says the write may still have been
 //! applied on some replicas.
@@ -50,7 +50,7 @@ pub struct ReadResult {
 type PendingReads =
     FuturesUnordered<futures::future::BoxFuture<'static, (NodeId, bool, Result<Answer, String>)>>;
 
-/// One replica's answer to a read.
+/// One replica's reply to a read.
 #[derive(Clone, Debug)]
 enum Answer {
     /// Its whole state; `None` when the key is missing there.
@@ -490,7 +490,7 @@ impl Node {
                 detail.join("; ")
             };
             return Err(RequestError::Quorum(format!(
-                "read quorum not reached: {states_counted} of R={r} replicas answered with a readable state ({detail})"
+                "read quorum not reached: {states_counted} of R={r} replicas returned a readable state ({detail})"
             )));
         }
 
@@ -516,7 +516,8 @@ impl Node {
     }
 
     /// Waits in the background for the replies still in flight, then sends
-    /// the merged state to every replica that holds less or something else.
+    /// the merged state to every replica whose copy lacks part of it or
+    /// differs.
     fn spawn_read_repair(
         self: &Arc<Self>,
         key: &[u8],

@@ -1,8 +1,8 @@
 //! Membership gossip, the join handshake, identity checks and the claimant.
 //!
 //! Every gossip interval a node bumps its own heartbeat and exchanges its
-//! whole membership table and ring with one random live peer (push-pull);
-//! about one round in four it picks a peer it believes down or a seed
+//! whole membership table and ring with one random live peer (push-pull).
+//! About one round in four it picks a peer it considers down or a seed
 //! instead, so that healed partitions and restarted nodes are found. The
 //! newest ring, ordered by (version, claimant), wins everywhere.
 //!
@@ -31,7 +31,7 @@ use tonic::Status;
 /// recover from by retrying (wrong cluster, duplicate or removed id).
 pub const IDENTITY_REFUSAL: &str = "identity";
 
-/// A refusal that tells the receiving node to stop.
+/// Builds a rejection that makes the rejected node stop.
 pub fn identity_refusal(message: String) -> Status {
     let mut status = Status::failed_precondition(message);
     status.metadata_mut().insert(
@@ -305,7 +305,7 @@ impl Node {
         }
     }
 
-    /// One push-pull exchange with the peer at `address`.
+    /// Runs one push-pull exchange with the peer at `address`.
     pub async fn gossip_with(self: &Arc<Self>, address: &str) -> Result<(), Status> {
         let mut client = self.peers.peer(address)?;
         let request = self.gossip_request();
@@ -354,8 +354,8 @@ impl Node {
         up.choose(&mut rng).map(|member| member.address.clone())
     }
 
-    /// The claimant adds joining nodes to the ring, only while the ring is
-    /// ready.
+    /// Adds joining nodes to the ring when this node is the claimant and the
+    /// ring is ready.
     async fn claimant_step(self: &Arc<Self>, waiting_logged: &mut Option<String>) {
         let membership = self.view.membership();
         if membership.claimant() != Some(self.node_id()) {
@@ -412,7 +412,7 @@ impl Node {
             if let Some(address) = self.pick_gossip_target() {
                 if let Err(status) = self.gossip_with(&address).await {
                     if is_identity_refusal(&status) {
-                        tracing::error!(peer = %address, reason = %status.message(), "a peer refused this node");
+                        tracing::error!(peer = %address, reason = %status.message(), "a peer rejected this node");
                     } else {
                         tracing::debug!(peer = %address, reason = %status.message(), "gossip failed");
                     }
@@ -433,8 +433,8 @@ impl Node {
     }
 }
 
-/// Asks the seeds to join their cluster until one answers. Returns the ring
-/// and membership it handed over, or the refusal of a seed.
+/// Asks the seeds to join their cluster until one replies. Returns the ring
+/// and membership it sent, or the rejection of a seed.
 pub async fn join_through_seeds(
     peers: &crate::peers::Peers,
     seeds: &[String],
@@ -462,7 +462,7 @@ pub async fn join_through_seeds(
                     if is_identity_refusal(&status)
                         || status.code() == tonic::Code::FailedPrecondition =>
                 {
-                    anyhow::bail!("seed {seed} refused the join: {}", status.message());
+                    anyhow::bail!("seed {seed} rejected the join: {}", status.message());
                 }
                 Ok(Err(status)) => {
                     tracing::debug!(%seed, reason = %status.message(), "join attempt failed")
@@ -471,7 +471,7 @@ pub async fn join_through_seeds(
             }
         }
         if attempts.is_multiple_of(10) {
-            tracing::info!(seeds = ?seeds, "waiting for a seed to answer the join request");
+            tracing::info!(seeds = ?seeds, "waiting for a seed to reply to the join request");
         }
         attempts += 1;
         tokio::select! {

@@ -38,7 +38,7 @@ pub enum MetaError {
     },
 }
 
-/// What the node learned about itself at start.
+/// Facts the node read about itself at start.
 #[derive(Debug)]
 pub struct StartInfo {
     pub node_id: NodeId,

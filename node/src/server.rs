@@ -241,9 +241,9 @@ async fn save_ring(meta: &Meta, ring: &Ring) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Gossips once with the seeds and the ring's nodes; a refusal that names
-/// this node's identity (another cluster, a duplicate or removed id) stops
-/// the node with that message.
+/// Gossips once with the seeds and the ring's nodes. A rejection of this
+/// node's identity (another cluster, a duplicate or removed id) stops the
+/// node with that message.
 async fn check_identity_with_peers(node: &Arc<Node>) -> anyhow::Result<()> {
     let ring = node.view.ring();
     let mut targets: Vec<String> = node.config.seeds.clone();
@@ -271,7 +271,7 @@ async fn check_identity_with_peers(node: &Arc<Node>) -> anyhow::Result<()> {
     for (target, result) in results {
         if let Err(status) = result {
             if crate::gossip::is_identity_refusal(&status) {
-                bail!("peer {target} refused this node: {}", status.message());
+                bail!("peer {target} rejected this node: {}", status.message());
             }
         }
     }

@@ -3,8 +3,8 @@
 //! Every read-merge-write of a key (client put, replica write, read repair)
 //! holds that key's lock from a striped lock table, so two merges of one key
 //! never interleave and drop each other's values. The lock covers the local
-//! read, the merge and the write into the engine; it is released before the
-//! write is made durable, and never held across a network call. All engine
+//! read, the merge and the write into the engine. It is released before the
+//! write is made durable and is never held across a network call. All engine
 //! calls run on tokio's blocking pool, never on the async executor threads.
 //!
 //! A record that fails its checksum or does not decode is *unknown*: it is
@@ -47,7 +47,7 @@ pub enum StoreError {
     Task(String),
 }
 
-/// What a store needs to know about its node at start.
+/// Facts about its node that a store needs at start.
 pub struct StoreIdentity {
     pub node_id: NodeId,
     /// Actors of this node with an epoch at or below the mark are never

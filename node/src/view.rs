@@ -101,7 +101,7 @@ impl ClusterView {
     pub fn merge_membership(&self, received: &Membership) {
         let changes: Vec<MembershipChange> = self.with_membership(|table| {
             let mut received = received.clone();
-            // Nobody else writes this node's entry.
+            // Only this node writes its own entry.
             received.members.remove(&self.node_id);
             table.merge(&received)
         });
@@ -132,7 +132,7 @@ impl ClusterView {
             if seen > entry.seen {
                 let was_up = entry.detector.is_available(now);
                 if seen.0 > entry.seen.0 && entry.seen != (0, 0) {
-                    // A restart: the old arrival history says nothing now.
+                    // A restart: the old arrival history no longer applies.
                     entry.detector = PhiDetector::new(self.detector_config.clone());
                 }
                 entry.detector.heartbeat(now);
@@ -245,8 +245,9 @@ impl ClusterView {
         });
     }
 
-    /// Why the claimant may not change the ring now, or None when the ring is
-    /// ready: every member not marked down is up and on this ring version.
+    /// Returns why the claimant may not change the ring now, or None when the
+    /// ring is ready: every member not marked down is up and on this ring
+    /// version.
     pub fn ring_not_ready_reason(&self) -> Option<String> {
         let ring = self.ring();
         let membership = self.membership();

@@ -196,3 +196,88 @@ async fn killed_node_is_reported_down_then_up() {
     .await
     .expect("test timed out");
 }
+
+/// Epoch of a dot shown as `node@epoch.counter`.
+fn dot_epoch(dot: &str) -> u64 {
+    let (_, rest) = dot.split_once('@').expect("dot has an @");
+    let (epoch, _) = rest.split_once('.').expect("dot has a counter");
+    epoch.parse().expect("numeric epoch")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unclean_restart_continues_under_fresh_epoch() {
+    use kv_proto::v1::kv_client::KvClient;
+    use kv_proto::v1::PutRequest;
+
+    tokio::time::timeout(TEST_DEADLINE, async {
+        let mut cluster = TestCluster::start(3).await;
+        let client = cluster.client().await;
+        let coordinator = cluster.nodes[0].address.clone();
+        let put_through_coordinator = |value: &'static str, context: Vec<u8>| {
+            let coordinator = coordinator.clone();
+            async move {
+                let mut kv = KvClient::connect(format!("http://{coordinator}"))
+                    .await
+                    .expect("connect");
+                kv.put(PutRequest {
+                    key: b"chain".to_vec(),
+                    value: value.as_bytes().to_vec(),
+                    context,
+                    w: 3,
+                    forwarded: false,
+                })
+                .await
+                .expect("put through the first node")
+                .into_inner()
+                .context
+            }
+        };
+
+        let context = put_through_coordinator("v1", Vec::new()).await;
+        let before = client
+            .replica_read(&coordinator, "chain")
+            .await
+            .expect("replica read");
+        let first_epoch = dot_epoch(&before.dots[0]);
+
+        // A clean stop keeps the restart mark.
+        cluster.nodes[0].stop();
+        cluster.nodes[0].spawn();
+        cluster.wait_converged(Duration::from_secs(60)).await;
+        let clean = common::status(&coordinator).await.expect("status");
+        assert_eq!(
+            clean.restart_mark, 0,
+            "a clean stop does not set the restart mark"
+        );
+
+        // SIGKILL is an unclean stop: the mark covers every earlier epoch.
+        cluster.nodes[0].kill();
+        cluster.nodes[0].spawn();
+        cluster.wait_converged(Duration::from_secs(60)).await;
+        let unclean = common::status(&coordinator).await.expect("status");
+        assert!(
+            unclean.restart_mark >= first_epoch,
+            "restart mark {} does not cover epoch {first_epoch}",
+            unclean.restart_mark
+        );
+
+        put_through_coordinator("v2", context).await;
+        let after = client
+            .replica_read(&coordinator, "chain")
+            .await
+            .expect("replica read");
+        assert_eq!(
+            after.values,
+            vec![b"v2".to_vec()],
+            "the chained put replaced v1"
+        );
+        let new_epoch = dot_epoch(&after.dots[0]);
+        assert!(
+            new_epoch > unclean.restart_mark,
+            "the put after an unclean restart continued epoch {new_epoch}, not above the mark {}",
+            unclean.restart_mark
+        );
+    })
+    .await
+    .expect("test timed out");
+}

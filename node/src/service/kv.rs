@@ -20,7 +20,7 @@ pub struct KvService {
     pub node: Arc<Node>,
 }
 
-/// Where a request for a key goes.
+/// Destination of a request for a key.
 enum Route {
     Local,
     Forward(Vec<NodeId>),
@@ -70,7 +70,8 @@ impl KvService {
     }
 }
 
-/// True for a failure to reach a node at all (as opposed to an answer).
+/// Returns true for a failure to reach a node at all, as opposed to an error
+/// the node returned.
 pub fn is_connection_failure(status: &Status) -> bool {
     status.code() == tonic::Code::Unavailable
         && status
