@@ -26,11 +26,15 @@ use kv_cluster::causality::LocalCopy;
 use kv_cluster::context::{decode_context, encode_context};
 use kv_cluster::version::{State, Value, VersionVector};
 use kv_cluster::{format_node_id, NodeId};
-use kv_proto::v1::{ReplicaReadRequest, ReplicaReadResponse, ReplicaState, ReplicaWriteRequest};
+use kv_proto::v1::peer_client::PeerClient;
+use kv_proto::v1::{
+    PeerHeader, ReplicaReadRequest, ReplicaReadResponse, ReplicaState, ReplicaWriteRequest,
+};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::time::Instant;
+use tonic::transport::Channel;
 
 /// Largest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -286,6 +290,31 @@ impl Node {
         })
     }
 
+    /// Returns a client for `peer` and the header of a request that the peer
+    /// gives up on after `timeout`.
+    fn peer_client(
+        &self,
+        peer: NodeId,
+        timeout: std::time::Duration,
+    ) -> Result<(PeerClient<Channel>, PeerHeader), String> {
+        let address = self
+            .view
+            .address_of(peer)
+            .ok_or_else(|| format!("address of node {} unknown", format_node_id(peer)))?;
+        let client = self
+            .peers
+            .peer(&address)
+            .map_err(|status| status.message().to_string())?;
+        let ring = self.view.ring();
+        let header = header(
+            &ring.cluster_id,
+            self.node_id(),
+            ring.version,
+            Some(timeout),
+        );
+        Ok((client, header))
+    }
+
     /// Sends a key's state to one replica and waits for its durable
     /// acknowledgement.
     pub async fn send_replica_write(
@@ -294,23 +323,10 @@ impl Node {
         key: &[u8],
         state: Vec<u8>,
     ) -> Result<(), String> {
-        let address = self
-            .view
-            .address_of(peer)
-            .ok_or_else(|| "address unknown".to_string())?;
-        let mut client = self
-            .peers
-            .peer(&address)
-            .map_err(|status| status.message().to_string())?;
-        let ring = self.view.ring();
         let deadline = self.config.message_deadline();
+        let (mut client, header) = self.peer_client(peer, deadline)?;
         let request = ReplicaWriteRequest {
-            header: Some(header(
-                &ring.cluster_id,
-                self.node_id(),
-                ring.version,
-                Some(deadline),
-            )),
+            header: Some(header),
             key: key.to_vec(),
             state,
         };
@@ -327,23 +343,10 @@ impl Node {
         key: &[u8],
         digest_only: bool,
     ) -> Result<Answer, String> {
-        let address = self
-            .view
-            .address_of(peer)
-            .ok_or_else(|| "address unknown".to_string())?;
-        let mut client = self
-            .peers
-            .peer(&address)
-            .map_err(|status| status.message().to_string())?;
-        let ring = self.view.ring();
         let timeout = self.config.request_timeout();
+        let (mut client, header) = self.peer_client(peer, timeout)?;
         let request = ReplicaReadRequest {
-            header: Some(header(
-                &ring.cluster_id,
-                self.node_id(),
-                ring.version,
-                Some(timeout),
-            )),
+            header: Some(header),
             key: key.to_vec(),
             digest_only,
         };
