@@ -102,6 +102,14 @@ impl Node {
         Ok(value as usize)
     }
 
+    /// Formats a node for messages as "id (address)".
+    pub fn describe_node(&self, id: NodeId) -> String {
+        match self.view.address_of(id) {
+            Some(address) => format!("{} ({address})", format_node_id(id)),
+            None => format_node_id(id),
+        }
+    }
+
     /// Preference list of a key in the current ring.
     pub fn preference_list(&self, key: &[u8]) -> Vec<NodeId> {
         self.view.ring().preference_list_for_key(key)
@@ -137,10 +145,7 @@ impl Node {
             let down: Vec<String> = list
                 .iter()
                 .filter(|id| !up.contains(id))
-                .map(|id| {
-                    let address = self.view.address_of(*id).unwrap_or_default();
-                    format!("{} ({address})", format_node_id(*id))
-                })
+                .map(|id| self.describe_node(*id))
                 .collect();
             return Err(RequestError::Quorum(format!(
                 "only {} of {} replicas of the key are reachable, and {name}={needed} needs {needed}; down: {}. Nothing was written; retry when the nodes are back or lower {name}",
@@ -261,7 +266,7 @@ impl Node {
         if acks < w {
             let detail: Vec<String> = failures
                 .iter()
-                .map(|(peer, reason)| format!("{}: {reason}", format_node_id(*peer)))
+                .map(|(peer, reason)| format!("{}: {reason}", self.describe_node(*peer)))
                 .collect();
             let detail = if detail.is_empty() {
                 "no reply before the request timeout".to_string()
@@ -485,7 +490,7 @@ impl Node {
             self.spawn_read_repair(key, answers, pending);
             let detail: Vec<String> = failures
                 .iter()
-                .map(|(peer, reason)| format!("{}: {reason}", format_node_id(*peer)))
+                .map(|(peer, reason)| format!("{}: {reason}", self.describe_node(*peer)))
                 .collect();
             let detail = if detail.is_empty() {
                 "no reply before the request timeout".to_string()
