@@ -13,7 +13,7 @@ use std::time::Duration;
 /// that cluster. A node whose data directory already holds a ring rejoins
 /// its cluster and never creates a new one.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "kv-node", version, about, long_about = None)]
+#[command(name = "kv-node", version)]
 pub struct Config {
     /// Directory holding this node's data, identity and ring. Created if
     /// missing. Each node needs its own.
@@ -90,8 +90,8 @@ pub struct Config {
     #[arg(long, default_value_t = 5000)]
     pub request_timeout_ms: u64,
 
-    /// Deadline of replica writes and read repairs, in milliseconds; a
-    /// receiver drops messages older than this.
+    /// Timeout of replica writes and read repairs sent to peers, in
+    /// milliseconds; the receiving peer gives up on the message after it.
     #[arg(long, default_value_t = 10_000)]
     pub message_deadline_ms: u64,
 

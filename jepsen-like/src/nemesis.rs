@@ -1,0 +1,385 @@
+//! The nemesis: a fault schedule generated from a seed, and its execution.
+//!
+//! The schedule alternates healthy and fault windows: a healthy start, then
+//! repeatedly one fault for a random length followed by a healthy window,
+//! until the time limit. Window lengths and every choice (fault kind,
+//! nodes, skew amounts) come from a ChaCha8 generator seeded with `--seed`,
+//! so one seed, time limit, node count and kind list always give the same
+//! schedule. Only one fault is active at a time.
+//!
+//! Each start and stop is a history event of process `nemesis` whose
+//! `fault` text the checkers parse: `partition <shape> [..] [..]` … `heal`,
+//! `kill n3` … `restart n3`, `pause n2` … `resume n2`, `skew n1 +30s` …
+//! `skew n1 +0`, and `heal all` once everything is healed at the end.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// A kind of fault the nemesis may choose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultKind {
+    Partition,
+    Kill,
+    Pause,
+    Skew,
+}
+
+impl FaultKind {
+    /// Lower-case name, as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Partition => "partition",
+            FaultKind::Kill => "kill",
+            FaultKind::Pause => "pause",
+            FaultKind::Skew => "skew",
+        }
+    }
+}
+
+/// The shape of a network partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Partition {
+    /// Two sides that cannot reach each other.
+    Halves { left: Vec<usize>, right: Vec<usize> },
+    /// One node cut off from every other.
+    Isolate { node: usize, rest: Vec<usize> },
+    /// Two sides that cannot reach each other, both reaching `middle`.
+    Bridge {
+        left: Vec<usize>,
+        middle: usize,
+        right: Vec<usize>,
+    },
+}
+
+/// One fault of the schedule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    Partition(Partition),
+    Kill {
+        node: usize,
+    },
+    Pause {
+        node: usize,
+    },
+    /// Wall-clock offsets in seconds per node.
+    Skew {
+        offsets: Vec<(usize, i64)>,
+    },
+}
+
+/// A fault and when it starts and stops, relative to the run start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub start: Duration,
+    pub end: Duration,
+    pub fault: Fault,
+}
+
+/// Bounds of the schedule's windows.
+#[derive(Clone, Debug)]
+pub struct ScheduleConfig {
+    pub seed: u64,
+    pub time_limit: Duration,
+    pub kinds: Vec<FaultKind>,
+    pub nodes: usize,
+    /// Length of the first healthy window.
+    pub first_healthy: (Duration, Duration),
+    /// Length of each fault window.
+    pub fault: (Duration, Duration),
+    /// Length of each healthy window after a fault.
+    pub healthy: (Duration, Duration),
+}
+
+impl ScheduleConfig {
+    /// Default bounds: a 2–4 s healthy start, 5–10 s faults, 5–10 s
+    /// healthy windows between them.
+    pub fn new(
+        seed: u64,
+        time_limit: Duration,
+        kinds: Vec<FaultKind>,
+        nodes: usize,
+    ) -> ScheduleConfig {
+        ScheduleConfig {
+            seed,
+            time_limit,
+            kinds,
+            nodes,
+            first_healthy: (Duration::from_secs(2), Duration::from_secs(4)),
+            fault: (Duration::from_secs(5), Duration::from_secs(10)),
+            healthy: (Duration::from_secs(5), Duration::from_secs(10)),
+        }
+    }
+}
+
+fn random_duration(rng: &mut ChaCha8Rng, (low, high): (Duration, Duration)) -> Duration {
+    if high <= low {
+        return low;
+    }
+    let millis = rng.random_range(low.as_millis() as u64..=high.as_millis() as u64);
+    Duration::from_millis(millis)
+}
+
+/// Generates the schedule. Every window ends at least one second before
+/// the time limit, and a fault shorter than one second is dropped.
+pub fn schedule(config: &ScheduleConfig) -> Vec<Window> {
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let mut kinds = config.kinds.clone();
+    kinds.sort();
+    kinds.dedup();
+    let mut windows = Vec::new();
+    if kinds.is_empty() || config.nodes == 0 {
+        return windows;
+    }
+    let last_end = config.time_limit.saturating_sub(Duration::from_secs(1));
+    let mut now = random_duration(&mut rng, config.first_healthy);
+    while now + Duration::from_secs(1) <= last_end {
+        let length = random_duration(&mut rng, config.fault);
+        let end = (now + length).min(last_end);
+        let kind = kinds[rng.random_range(0..kinds.len())];
+        let fault = choose_fault(&mut rng, kind, config.nodes);
+        windows.push(Window {
+            start: now,
+            end,
+            fault,
+        });
+        now = end + random_duration(&mut rng, config.healthy);
+    }
+    windows
+}
+
+fn choose_fault(rng: &mut ChaCha8Rng, kind: FaultKind, nodes: usize) -> Fault {
+    let mut order: Vec<usize> = (1..=nodes).collect();
+    order.shuffle(rng);
+    match kind {
+        FaultKind::Kill => Fault::Kill { node: order[0] },
+        FaultKind::Pause => Fault::Pause { node: order[0] },
+        FaultKind::Skew => {
+            // Skew about half of the nodes, each by 10 to 60 s either way.
+            let count = (nodes / 2).max(1);
+            let mut offsets: Vec<(usize, i64)> = order[..count]
+                .iter()
+                .map(|node| {
+                    let secs = rng.random_range(10..=60i64);
+                    (*node, if rng.random_bool(0.5) { secs } else { -secs })
+                })
+                .collect();
+            offsets.sort();
+            Fault::Skew { offsets }
+        }
+        FaultKind::Partition => {
+            let shape = if nodes < 3 { 1 } else { rng.random_range(0..3) };
+            Fault::Partition(match shape {
+                0 => {
+                    let mut left = order[..nodes / 2].to_vec();
+                    let mut right = order[nodes / 2..].to_vec();
+                    left.sort();
+                    right.sort();
+                    Partition::Halves { left, right }
+                }
+                1 => {
+                    let mut rest = order[1..].to_vec();
+                    rest.sort();
+                    Partition::Isolate {
+                        node: order[0],
+                        rest,
+                    }
+                }
+                _ => {
+                    let middle = order[0];
+                    let others = &order[1..];
+                    let mut left = others[..others.len() / 2].to_vec();
+                    let mut right = others[others.len() / 2..].to_vec();
+                    left.sort();
+                    right.sort();
+                    Partition::Bridge {
+                        left,
+                        middle,
+                        right,
+                    }
+                }
+            })
+        }
+    }
+}
+
+fn node_list(nodes: &[usize]) -> String {
+    let names: Vec<String> = nodes.iter().map(|node| format!("n{node}")).collect();
+    format!("[{}]", names.join(" "))
+}
+
+impl Partition {
+    /// The fault text, e.g. `partition halves [n1 n2] [n3 n4 n5]`.
+    pub fn describe(&self) -> String {
+        match self {
+            Partition::Halves { left, right } => {
+                format!("partition halves {} {}", node_list(left), node_list(right))
+            }
+            Partition::Isolate { node, rest } => {
+                format!("partition isolate [n{node}] {}", node_list(rest))
+            }
+            Partition::Bridge {
+                left,
+                middle,
+                right,
+            } => format!(
+                "partition bridge {} [n{middle}] {}",
+                node_list(left),
+                node_list(right)
+            ),
+        }
+    }
+
+    /// For each node (index `node - 1`), the peers it must not reach.
+    pub fn blocked(&self, nodes: usize) -> Vec<BTreeSet<usize>> {
+        let mut blocked = vec![BTreeSet::new(); nodes];
+        let mut cut = |a: &[usize], b: &[usize]| {
+            for x in a {
+                for y in b {
+                    if let Some(set) = blocked.get_mut(x - 1) {
+                        set.insert(*y);
+                    }
+                    if let Some(set) = blocked.get_mut(y - 1) {
+                        set.insert(*x);
+                    }
+                }
+            }
+        };
+        match self {
+            Partition::Halves { left, right } | Partition::Bridge { left, right, .. } => {
+                cut(left, right)
+            }
+            Partition::Isolate { node, rest } => cut(&[*node], rest),
+        }
+        blocked
+    }
+}
+
+impl Fault {
+    /// The kind of this fault.
+    pub fn kind(&self) -> FaultKind {
+        match self {
+            Fault::Partition(_) => FaultKind::Partition,
+            Fault::Kill { .. } => FaultKind::Kill,
+            Fault::Pause { .. } => FaultKind::Pause,
+            Fault::Skew { .. } => FaultKind::Skew,
+        }
+    }
+
+    /// The fault texts of the start events (one per skewed node).
+    pub fn start_texts(&self) -> Vec<String> {
+        match self {
+            Fault::Partition(partition) => vec![partition.describe()],
+            Fault::Kill { node } => vec![format!("kill n{node}")],
+            Fault::Pause { node } => vec![format!("pause n{node}")],
+            Fault::Skew { offsets } => offsets
+                .iter()
+                .map(|(node, secs)| format!("skew n{node} {}", crate::skew::offset_text(*secs)))
+                .collect(),
+        }
+    }
+
+    /// The fault texts of the stop events.
+    pub fn stop_texts(&self) -> Vec<String> {
+        match self {
+            Fault::Partition(_) => vec!["heal".into()],
+            Fault::Kill { node } => vec![format!("restart n{node}")],
+            Fault::Pause { node } => vec![format!("resume n{node}")],
+            Fault::Skew { offsets } => offsets
+                .iter()
+                .map(|(node, _)| format!("skew n{node} +0"))
+                .collect(),
+        }
+    }
+}
+
+/// Renders a schedule, one window per line, for the run folder.
+pub fn describe_schedule(windows: &[Window]) -> String {
+    let mut text = String::new();
+    for window in windows {
+        text.push_str(&format!(
+            "{:>7.1}s {:>7.1}s  {}\n",
+            window.start.as_secs_f64(),
+            window.end.as_secs_f64(),
+            window.fault.start_texts().join(", ")
+        ));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(seed: u64) -> ScheduleConfig {
+        ScheduleConfig::new(
+            seed,
+            Duration::from_secs(60),
+            vec![
+                FaultKind::Partition,
+                FaultKind::Kill,
+                FaultKind::Pause,
+                FaultKind::Skew,
+            ],
+            5,
+        )
+    }
+
+    #[test]
+    fn schedule_same_seed_same_windows() {
+        assert_eq!(schedule(&config(7)), schedule(&config(7)));
+        assert_ne!(schedule(&config(7)), schedule(&config(8)));
+    }
+
+    #[test]
+    fn schedule_windows_disjoint_within_limit() {
+        let windows = schedule(&config(3));
+        assert!(!windows.is_empty());
+        for pair in windows.windows(2) {
+            assert!(pair[0].end < pair[1].start, "{pair:?}");
+        }
+        for window in &windows {
+            assert!(window.start < window.end, "{window:?}");
+            assert!(window.end <= Duration::from_secs(59), "{window:?}");
+        }
+    }
+
+    #[test]
+    fn schedule_uses_only_given_kinds() {
+        let mut only_kill = config(11);
+        only_kill.kinds = vec![FaultKind::Kill];
+        assert!(schedule(&only_kill)
+            .iter()
+            .all(|w| w.fault.kind() == FaultKind::Kill));
+    }
+
+    #[test]
+    fn partition_bridge_blocks_sides_not_middle() {
+        let bridge = Partition::Bridge {
+            left: vec![1, 2],
+            middle: 3,
+            right: vec![4, 5],
+        };
+        let blocked = bridge.blocked(5);
+        assert_eq!(blocked[0], BTreeSet::from([4, 5]));
+        assert_eq!(blocked[3], BTreeSet::from([1, 2]));
+        assert!(blocked[2].is_empty());
+        assert_eq!(bridge.describe(), "partition bridge [n1 n2] [n3] [n4 n5]");
+    }
+
+    #[test]
+    fn partition_isolate_blocks_one_node() {
+        let isolate = Partition::Isolate {
+            node: 2,
+            rest: vec![1, 3],
+        };
+        let blocked = isolate.blocked(3);
+        assert_eq!(blocked[1], BTreeSet::from([1, 3]));
+        assert_eq!(blocked[0], BTreeSet::from([2]));
+        assert_eq!(blocked[2], BTreeSet::from([2]));
+    }
+}
