@@ -1,8 +1,11 @@
 //! kv-jepsen: a fault-injection harness for ringkv.
 
+pub mod checker;
 pub mod cluster;
 pub mod history;
 pub mod nemesis;
 pub mod net;
 pub mod recorder;
+pub mod report;
 pub mod skew;
+pub mod timeline;
