@@ -3,7 +3,7 @@
 //!
 //! Each node has its own data directory (`<run>/n<i>/data`) and log file
 //! (`<run>/n<i>.log`). Node 1 creates the cluster; the others join through
-//! it, one at a time, because a join is accepted only while no member holds
+//! it, one at a time, because a join is accepted only while no member stores
 //! data. A restarted node keeps its data directory and gets every other
 //! node as seed, so it rejoins whichever of them is up.
 //!
@@ -72,7 +72,7 @@ pub enum ClusterError {
     },
 }
 
-/// How a node process is launched.
+/// Launch settings of one node process.
 #[derive(Clone, Debug)]
 pub struct NodeLaunch {
     /// Address the node listens on and peers and clients use.
@@ -89,7 +89,7 @@ pub struct NodeLaunch {
 pub struct ClusterConfig {
     /// The `kv-node` binary.
     pub node_bin: PathBuf,
-    /// Folder that holds the nodes' data directories and logs.
+    /// Folder that contains the nodes' data directories and logs.
     pub run_dir: PathBuf,
     /// Replicas per key (N).
     pub replicas: u32,

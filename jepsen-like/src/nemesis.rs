@@ -213,7 +213,7 @@ fn node_list(nodes: &[usize]) -> String {
 }
 
 impl Partition {
-    /// The fault text, e.g. `partition halves [n1 n2] [n3 n4 n5]`.
+    /// Formats the fault text, e.g. `partition halves [n1 n2] [n3 n4 n5]`.
     pub fn describe(&self) -> String {
         match self {
             Partition::Halves { left, right } => {
@@ -260,7 +260,7 @@ impl Partition {
 }
 
 impl Fault {
-    /// The kind of this fault.
+    /// Returns the kind of this fault.
     pub fn kind(&self) -> FaultKind {
         match self {
             Fault::Partition(_) => FaultKind::Partition,
@@ -270,7 +270,7 @@ impl Fault {
         }
     }
 
-    /// The fault texts of the start events (one per skewed node).
+    /// Returns the fault texts of the start events (one per skewed node).
     pub fn start_texts(&self) -> Vec<String> {
         match self {
             Fault::Partition(partition) => vec![partition.describe()],
@@ -283,7 +283,7 @@ impl Fault {
         }
     }
 
-    /// The fault texts of the stop events.
+    /// Returns the fault texts of the stop events.
     pub fn stop_texts(&self) -> Vec<String> {
         match self {
             Fault::Partition(_) => vec!["heal".into()],

@@ -1,7 +1,7 @@
 //! Network namespaces, a bridge and nftables rules for network partitions.
 //!
 //! Layout of a run (root on Linux with `ip` and `nft` only): a bridge in the
-//! harness's namespace holds `<subnet>.1/24`, and node `i` runs in its own
+//! harness's namespace has the address `<subnet>.1/24`, and node `i` runs in its own
 //! namespace with `<subnet>.(10 + i)/24` on a veth pair whose outer end is
 //! attached to the bridge. The harness's clients reach every node from the
 //! bridge address. Names contain the harness PID and a random suffix, and
@@ -50,13 +50,13 @@ pub enum NetError {
     UnknownNode { node: usize, nodes: usize },
 }
 
-/// Why partitions are unavailable on this machine, or `None` when they are
-/// available (Linux, root, `ip` and `nft` on the PATH).
+/// Returns why partitions are unavailable on this machine, or `None` when
+/// they are available (Linux, root, `ip` and `nft` on the PATH).
 pub fn partitions_unavailable_reason() -> Option<String> {
     if !cfg!(target_os = "linux") {
         return Some("network partitions need Linux network namespaces".into());
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
+    // SAFETY: geteuid(2) takes no arguments and always succeeds.
     let euid = unsafe { libc::geteuid() };
     if euid != 0 {
         return Some(format!("the harness runs as user id {euid}, not root"));
@@ -196,9 +196,9 @@ impl Network {
         let subnet =
             pick_subnet(&used, candidates).ok_or(NetError::NoFreeSubnet { attempts: ATTEMPTS })?;
 
-        // Names: "kvb" + up to 6 PID digits + 2 hex digits is at most 11
-        // bytes; veths add the node number, within the 15-byte limit of
-        // Linux interface names.
+        // A bridge name ("kvb", up to 6 PID digits, 2 hex digits) has at
+        // most 11 bytes. Veth names add "n" and the node number, so they
+        // stay within the 15-byte limit of Linux interface names.
         let mut network = Network {
             bridge: format!("kvb{tag}"),
             namespaces: Vec::new(),
@@ -268,7 +268,7 @@ impl Network {
             .map(String::as_str)
     }
 
-    /// The run's bridge interface.
+    /// Returns the name of the run's bridge interface.
     pub fn bridge(&self) -> &str {
         &self.bridge
     }

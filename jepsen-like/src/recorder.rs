@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::history::{Event, HistoryWriter, OpKind, Outcome};
+use crate::history::{Event, HistoryWriter, Outcome};
 
 /// Process name of the nemesis events.
 pub const NEMESIS: &str = "nemesis";
@@ -53,7 +53,7 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// The invoke event as recorded.
+    /// Returns the invoke event as recorded.
     pub fn invoke(&self) -> &Event {
         &self.invoke
     }
@@ -84,7 +84,7 @@ impl Recorder {
         self.started.elapsed().as_secs_f64() * 1000.0
     }
 
-    /// The instant the run clock started.
+    /// Returns the instant the run clock started.
     pub fn started(&self) -> Instant {
         self.started
     }
@@ -101,7 +101,7 @@ impl Recorder {
         self.lock().phase = phase.to_string();
     }
 
-    /// The current phase.
+    /// Returns the current phase.
     pub fn phase(&self) -> String {
         self.lock().phase.clone()
     }
@@ -177,18 +177,9 @@ impl Recorder {
         self.append(&mut state, event)
     }
 
-    /// A copy of every event recorded so far.
+    /// Returns a copy of every event recorded so far.
     pub fn events(&self) -> Vec<Event> {
         self.lock().events.clone()
-    }
-
-    /// Number of completed client operations of kind `op` with `outcome`.
-    pub fn count(&self, op: Option<OpKind>, outcome: Outcome) -> usize {
-        self.lock()
-            .events
-            .iter()
-            .filter(|event| event.outcome == Some(outcome) && (op.is_none() || event.op == op))
-            .count()
     }
 
     /// Flushes the file and returns every event, or the first write error.

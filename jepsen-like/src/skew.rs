@@ -2,7 +2,7 @@
 //!
 //! Each node starts with `LD_PRELOAD` set to libfaketime and
 //! `FAKETIME_TIMESTAMP_FILE` pointing to its own file in the run folder,
-//! which holds a relative offset such as `+30s` or `-45s` (initially `+0`).
+//! which contains a relative offset such as `+30s` or `-45s` (initially `+0`).
 //! `FAKETIME_NO_CACHE=1` makes libfaketime read the file on every clock
 //! call, so rewriting it changes the skew while the node runs.
 //! `FAKETIME_DONT_FAKE_MONOTONIC=1` leaves the monotonic clock alone, so
