@@ -105,7 +105,7 @@ pub struct Anomaly {
     /// Indexes of the history events that prove the anomaly. Empty when
     /// only the final state proves it.
     pub events: Vec<u64>,
-    /// One line that says what is wrong.
+    /// One-line description of the anomaly.
     pub explanation: String,
 }
 
@@ -147,7 +147,7 @@ pub struct Indeterminate {
     pub absent: u64,
 }
 
-/// How the replicas ended.
+/// Convergence result of the replicas.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ConvergenceVerdict {
     /// The harness's own result of its convergence wait.
@@ -285,14 +285,7 @@ pub fn check(events: &[Event], final_state: &FinalState) -> Verdicts {
             (Some(final_key), Some(decoded)) => replicas::final_values(final_key, decoded),
             _ => None,
         };
-        let view = safety::KeyView {
-            key,
-            is_set: operations
-                .iter()
-                .any(|operation| operation.kind == OpKind::Add),
-            operations,
-            final_values,
-        };
+        let view = safety::KeyView::new(key, operations, final_values);
         if view.final_values.is_none() && has_acknowledged_writes(&view.operations) {
             let reason = match final_key.map(|final_key| &final_key.read) {
                 None => "no final read was recorded".to_string(),

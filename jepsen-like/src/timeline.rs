@@ -31,6 +31,10 @@ const LEGEND_HEIGHT: f64 = 60.0;
 const LABEL_ROWS: usize = 3;
 /// Approximate width of one character of the 11 px label font, in pixels.
 const CHAR_WIDTH: f64 = 6.2;
+/// Maximum length in characters of a value, read list or error shown in a
+/// tooltip.
+/// Set values grow with the run, so full read lists would make the file huge.
+const TITLE_DETAIL_CHARS: usize = 120;
 
 const OK_COLOR: &str = "#4caf50";
 const FAIL_COLOR: &str = "#e53935";
@@ -321,7 +325,8 @@ fn describe(operation: &Operation<'_>) -> String {
         operation.key
     );
     if let Some(value) = operation.value() {
-        let _ = write!(text, " {value:?}");
+        let value = format!("{value:?}");
+        let _ = write!(text, " {}", truncate(&value, TITLE_DETAIL_CHARS as f64));
     }
     let outcome = match (completion, operation.outcome()) {
         (None, _) => "never completed",
@@ -339,10 +344,19 @@ fn describe(operation: &Operation<'_>) -> String {
             completion.index
         );
         if let Some(read) = &completion.read {
-            let _ = write!(text, ", read {read:?}");
+            let read = format!("{read:?}");
+            let _ = write!(
+                text,
+                ", read {}",
+                truncate(&read, TITLE_DETAIL_CHARS as f64)
+            );
         }
         if let Some(error) = &completion.error {
-            let _ = write!(text, ", error: {error}");
+            let _ = write!(
+                text,
+                ", error: {}",
+                truncate(error, TITLE_DETAIL_CHARS as f64)
+            );
         }
     }
     text

@@ -100,7 +100,8 @@ impl History {
         });
     }
 
-    /// A put of `value` whose context covers `covers` (blind when empty).
+    /// Records a put of `value` whose context covers `covers` (blind when
+    /// empty).
     fn write(
         &mut self,
         process: &str,
@@ -138,7 +139,8 @@ impl History {
         self.complete(pending, end, Outcome::Ok, Some(values));
     }
 
-    /// An add of `element` that read the set values `read` and covers them.
+    /// Records an add of `element` that read the set values `read` and covers
+    /// them.
     fn add(
         &mut self,
         process: &str,
@@ -189,7 +191,7 @@ fn replica(values: &[(u64, u64, Option<&str>)]) -> ReplicaFinal {
     ReplicaFinal::from_state(state_bytes(values)).expect("test states are well formed")
 }
 
-/// A key whose three replicas all hold `values` (one dot each, from actor 1),
+/// Builds a key whose three replicas all hold `values` (one dot each, from actor 1),
 /// and whose final read returned the live ones.
 fn converged_key(values: &[Option<&str>]) -> KeyFinal {
     let dotted: Vec<(u64, u64, Option<&str>)> = values

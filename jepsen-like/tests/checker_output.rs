@@ -20,7 +20,7 @@ fn nemesis(index: u64, time_ms: f64, fault: &str) -> Event {
     }
 }
 
-/// An invoke and its completion of one write of `value` to key `k1`.
+/// Builds the invoke and the completion of one write of `value` to key `k1`.
 fn write(
     op_id: u64,
     process: &str,
@@ -64,8 +64,8 @@ fn numbered(events: Vec<Event>) -> Vec<Event> {
         .collect()
 }
 
-/// A run: ok writes before a partition, one ok and one info during it, an
-/// ok write after it; the final state lost the value "w2".
+/// Builds a run with two ok writes before a partition, one ok and one info
+/// write during it, and one ok write after it. The final state lost "w2".
 fn sample_history() -> Vec<Event> {
     let mut events = Vec::new();
     events.extend(write(1, "client-1", "w1", 0.0, 10.0, Outcome::Ok, "load"));
@@ -311,7 +311,8 @@ fn timeline_svg_draws_lanes_and_faults() {
     let lane_1 = svg.find(">client-1<").expect("lane client-1");
     let lane_2 = svg.find(">client-2<").expect("lane client-2");
     let lane_10 = svg.find(">client-10<").expect("lane client-10");
-    assert!(lane_1 < lane_2 && lane_2 < lane_10);
+    assert!(lane_1 < lane_2);
+    assert!(lane_2 < lane_10);
     assert!(!svg.contains(">nemesis<"), "the nemesis gets no lane");
     assert!(svg.contains("partition halves [n1 n2] [n3 n4 n5]"));
     // One bar and one latency point per operation, by outcome colour.

@@ -40,7 +40,7 @@ pub enum FinalRead {
     Error(String),
 }
 
-/// What a replica holds for a key, as the admin `ReplicaRead` call returns it.
+/// Kind of a replica's local state, as the admin `ReplicaRead` call returns it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReplicaKind {
@@ -70,8 +70,8 @@ pub struct ReplicaFinal {
     pub dots: Vec<String>,
     /// Canonical state bytes, which `kv_cluster::version::State::decode`
     /// turns into every dot with its value or tombstone. `None` when the
-    /// harness did not get them; the dot conflict check then pairs `dots`
-    /// with `values`, which is only possible when there are no tombstones.
+    /// harness did not get them. The dot conflict check then pairs `dots`
+    /// with `values`, which works only for a replica without tombstones.
     #[serde(
         default,
         with = "base64_bytes",
@@ -83,7 +83,7 @@ pub struct ReplicaFinal {
     pub error: Option<String>,
 }
 
-/// How the wait for convergence ended.
+/// Result of the harness's wait for convergence.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Convergence {
     /// True when every key's replicas held one state before the deadline.

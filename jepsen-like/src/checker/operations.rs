@@ -34,7 +34,7 @@ pub struct Operation<'a> {
 }
 
 impl<'a> Operation<'a> {
-    /// The outcome: `info` when the operation never completed.
+    /// Returns the outcome, `info` when the operation never completed.
     pub fn outcome(&self) -> Outcome {
         match self.completion.and_then(|event| event.outcome) {
             Some(Outcome::Invoke) | None => Outcome::Info,
@@ -42,24 +42,24 @@ impl<'a> Operation<'a> {
         }
     }
 
-    /// The value written, or the element added.
+    /// Returns the value written, or the element added.
     pub fn value(&self) -> Option<&'a str> {
         self.field(|event| event.value.as_deref())
     }
 
-    /// The values the operation read (a read's siblings or an add's set).
+    /// Returns the values the operation read (a read's siblings or an add's set).
     pub fn read(&self) -> Option<&'a [String]> {
         self.completion
             .and_then(|event| event.read.as_deref())
             .or(self.invoke.read.as_deref())
     }
 
-    /// The values that the sent context covers.
+    /// Returns the values that the sent context covers.
     pub fn covers(&self) -> Option<&'a [String]> {
         self.field(|event| event.covers.as_deref())
     }
 
-    /// True when the operation sent a non-empty context.
+    /// Returns whether the operation sent a non-empty context.
     pub fn sent_context(&self) -> bool {
         self.field(|event| event.context_sent.as_deref())
             .is_some_and(|context| !context.is_empty())
@@ -69,13 +69,13 @@ impl<'a> Operation<'a> {
         self.field(|event| event.phase.as_deref())
     }
 
-    /// Time of the completion in milliseconds, `f64::INFINITY` when the
-    /// operation never completed.
+    /// Returns the completion time in milliseconds, `f64::INFINITY` when
+    /// the operation never completed.
     pub fn completed_ms(&self) -> f64 {
         self.completion.map_or(f64::INFINITY, |event| event.time_ms)
     }
 
-    /// Event indexes of the invoke and, if any, the completion.
+    /// Returns the event indexes of the invoke and, if any, the completion.
     pub fn indexes(&self) -> Vec<u64> {
         let mut indexes = vec![self.invoke.index];
         if let Some(completion) = self.completion {
@@ -244,7 +244,7 @@ pub fn fault_windows(events: &[Event]) -> Vec<FaultWindow> {
     windows
 }
 
-/// True when a skew amount such as `0`, `+0s` or `-0ms` is zero.
+/// Returns whether a skew amount such as `0`, `+0s` or `-0ms` is zero.
 fn is_zero_skew(amount: Option<&str>) -> bool {
     let Some(amount) = amount else {
         return false;

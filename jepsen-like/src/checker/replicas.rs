@@ -200,7 +200,8 @@ fn describe_replica(replica: &ReplicaFinal) -> String {
     }
 }
 
-/// A string equal for two replicas exactly when they hold the same state.
+/// Returns a string that is equal for two replicas exactly when they hold
+/// the same state.
 fn fingerprint(name: &str, replica: &ReplicaFinal, use_state_bytes: bool) -> String {
     match replica.kind {
         ReplicaKind::Present if use_state_bytes => {

@@ -16,7 +16,7 @@ use super::stats::kind_label;
 use super::{set_elements, Anomaly, AnomalyKind, Indeterminate};
 use crate::history::{OpKind, Outcome};
 use kv_cluster::version::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// One key's operations and what it ended with.
 pub struct KeyView<'h, 'o> {
@@ -26,9 +26,36 @@ pub struct KeyView<'h, 'o> {
     pub operations: Vec<&'o Operation<'h>>,
     /// `None` when the final values could not be read.
     pub final_values: Option<FinalValues>,
+    /// Set keys: the union of the elements of the final values.
+    final_elements: BTreeSet<String>,
 }
 
-impl KeyView<'_, '_> {
+impl<'h, 'o> KeyView<'h, 'o> {
+    pub fn new(
+        key: &'h str,
+        operations: Vec<&'o Operation<'h>>,
+        final_values: Option<FinalValues>,
+    ) -> KeyView<'h, 'o> {
+        let is_set = operations
+            .iter()
+            .any(|operation| operation.kind == OpKind::Add);
+        let final_elements = match (&final_values, is_set) {
+            (Some(found), true) => found
+                .values
+                .iter()
+                .flat_map(|value| set_elements(value))
+                .collect(),
+            _ => BTreeSet::new(),
+        };
+        KeyView {
+            key,
+            is_set,
+            operations,
+            final_values,
+            final_elements,
+        }
+    }
+
     fn final_contains(&self, value: &str) -> bool {
         self.final_values
             .as_ref()
@@ -36,12 +63,7 @@ impl KeyView<'_, '_> {
     }
 
     fn final_contains_element(&self, element: &str) -> bool {
-        self.final_values.as_ref().is_some_and(|found| {
-            found
-                .values
-                .iter()
-                .any(|value| set_elements(value).iter().any(|member| member == element))
-        })
+        self.final_elements.contains(element)
     }
 
     fn final_source(&self) -> &'static str {
@@ -101,28 +123,34 @@ pub fn check_lost_writes(
             continue;
         }
 
-        let (present, remover) = match operation.kind {
-            OpKind::Write => (
-                view.final_contains(value),
-                view.find_remover(
-                    operation,
-                    |covered| covered == value,
-                    &[OpKind::Write, OpKind::Delete, OpKind::Add],
-                ),
-            ),
+        // Look for a remover only when the value is missing, because the
+        // search scans every operation of the key.
+        let removed = match operation.kind {
+            OpKind::Write => {
+                view.final_contains(value)
+                    || view
+                        .find_remover(
+                            operation,
+                            |covered| covered == value,
+                            &[OpKind::Write, OpKind::Delete, OpKind::Add],
+                        )
+                        .is_some()
+            }
             // Adds merge the set they read, so only a plain write or a
             // delete can remove an element.
-            OpKind::Add => (
-                view.final_contains_element(value),
-                view.find_remover(
-                    operation,
-                    |covered| set_elements(covered).iter().any(|element| element == value),
-                    &[OpKind::Write, OpKind::Delete],
-                ),
-            ),
+            OpKind::Add => {
+                view.final_contains_element(value)
+                    || view
+                        .find_remover(
+                            operation,
+                            |covered| set_elements(covered).iter().any(|element| element == value),
+                            &[OpKind::Write, OpKind::Delete],
+                        )
+                        .is_some()
+            }
             OpKind::Delete | OpKind::Read => continue,
         };
-        if present || remover.is_some() {
+        if removed {
             continue;
         }
         let what = if operation.kind == OpKind::Add {
@@ -173,7 +201,7 @@ fn count_indeterminate(
 /// delete covered them: in the final values, or in a converged read after
 /// an earlier converged read had shown them gone.
 ///
-/// `is_converged_read` tells whether a read ran after the replicas had
+/// `is_converged_read` returns whether a read ran after the replicas had
 /// converged. Reads during faults may be stale (sloppy quorum), so they
 /// never count. Adds are not used as superseding operations: a retried add
 /// can write the same set text twice, so the text does not name one write.
@@ -285,66 +313,80 @@ pub fn check_supersedes(
 /// client reads, `covers` lists, the final read and every replica. For a
 /// set key every element of a value must have been added (or the whole
 /// value written by a plain write).
+///
+/// NOTE: values of failed writes count as written, so a `fail` write whose
+/// value shows up after all (a write reported as not applied that was
+/// applied) is not reported.
 pub fn check_phantoms(
     view: &KeyView<'_, '_>,
     final_state: &FinalState,
     decoded: Option<&DecodedReplicas>,
 ) -> Vec<Anomaly> {
-    let written: BTreeSet<&str> = view
+    let written: HashSet<&str> = view
         .operations
         .iter()
         .filter(|operation| operation.kind == OpKind::Write)
         .filter_map(|operation| operation.value())
         .collect();
-    let added: BTreeSet<&str> = view
+    let added: HashSet<&str> = view
         .operations
         .iter()
         .filter(|operation| operation.kind == OpKind::Add)
         .filter_map(|operation| operation.value())
         .collect();
-    let unwritten_part = |value: &str| -> Option<String> {
+    let unwritten_parts = |value: &str| -> Vec<String> {
         if written.contains(value) {
-            return None;
+            return Vec::new();
         }
         if !view.is_set {
-            return Some(value.to_string());
+            return vec![value.to_string()];
         }
-        set_elements(value)
-            .into_iter()
-            .find(|element| !added.contains(element.as_str()))
+        value
+            .split(',')
+            .filter(|element| !element.is_empty() && !added.contains(element))
+            .map(str::to_string)
+            .collect()
     };
 
     let mut reported: BTreeSet<String> = BTreeSet::new();
     let mut anomalies = Vec::new();
-    let mut report = |value: &str, events: Vec<u64>, place: String| {
-        let Some(part) = unwritten_part(value) else {
-            return;
-        };
-        if !reported.insert(part.clone()) {
-            return;
+    let mut report = |value: &str, events: &[u64], place: &dyn Fn() -> String| {
+        for part in unwritten_parts(value) {
+            if !reported.insert(part.clone()) {
+                continue;
+            }
+            let what = if view.is_set { "element" } else { "value" };
+            anomalies.push(Anomaly::about_value(
+                AnomalyKind::PhantomValue,
+                view.key,
+                &part,
+                events.to_vec(),
+                format!(
+                    "{what} {part:?} of key {} appeared in {} but no operation ever wrote it",
+                    view.key,
+                    place()
+                ),
+            ));
         }
-        let what = if view.is_set { "element" } else { "value" };
-        anomalies.push(Anomaly::about_value(
-            AnomalyKind::PhantomValue,
-            view.key,
-            &part,
-            events,
-            format!(
-                "{what} {part:?} of key {} appeared in {place} but no operation ever wrote it",
-                view.key
-            ),
-        ));
     };
 
+    // Set values are long and read again and again, so each distinct text
+    // of the history is checked once, at its first appearance.
+    let mut history_values: HashSet<&str> = HashSet::new();
     for operation in &view.operations {
-        for (list, field) in [(operation.read(), "read"), (operation.covers(), "covers")] {
+        let read_event = operation.completion.unwrap_or(operation.invoke).index;
+        let lists = [
+            (operation.read(), "read", read_event),
+            (operation.covers(), "covers", operation.invoke.index),
+        ];
+        for (list, field, event) in lists {
             for value in list.unwrap_or_default() {
-                let event = operation.completion.unwrap_or(operation.invoke).index;
-                report(
-                    value,
-                    vec![event],
-                    format!("the {field} list of event {event}"),
-                );
+                if !history_values.insert(value.as_str()) {
+                    continue;
+                }
+                report(value, &[event], &|| {
+                    format!("the {field} list of event {event}")
+                });
             }
         }
     }
@@ -354,23 +396,21 @@ pub fn check_phantoms(
     };
     if let super::final_state::FinalRead::Values(values) = &final_key.read {
         for value in values {
-            report(value, Vec::new(), "the final read".to_string());
+            report(value, &[], &|| "the final read".to_string());
         }
     }
     for (name, replica) in &final_key.replicas {
         for value in &replica.values {
-            report(value, Vec::new(), format!("replica {name}"));
+            report(value, &[], &|| format!("replica {name}"));
         }
     }
     if let Some(decoded) = decoded {
         for (name, state) in &decoded.states {
             for value in state.values.values() {
                 if let Value::Data(bytes) = value {
-                    report(
-                        &String::from_utf8_lossy(bytes),
-                        Vec::new(),
-                        format!("the state of replica {name}"),
-                    );
+                    report(&String::from_utf8_lossy(bytes), &[], &|| {
+                        format!("the state of replica {name}")
+                    });
                 }
             }
         }

@@ -196,7 +196,7 @@ pub fn latencies(operations: &[Operation<'_>]) -> BTreeMap<String, Latency> {
         .collect()
 }
 
-/// The history's name of an operation kind.
+/// Returns the history's name of an operation kind.
 pub fn kind_label(kind: OpKind) -> &'static str {
     match kind {
         OpKind::Read => "read",
