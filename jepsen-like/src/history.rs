@@ -117,8 +117,13 @@ pub fn read_history(path: &Path) -> anyhow::Result<Vec<Event>> {
         if line.trim().is_empty() {
             continue;
         }
-        let event: Event = serde_json::from_str(&line)
-            .map_err(|error| anyhow::anyhow!("{}:{}: invalid history line: {error}", path.display(), number + 1))?;
+        let event: Event = serde_json::from_str(&line).map_err(|error| {
+            anyhow::anyhow!(
+                "{}:{}: invalid history line: {error}",
+                path.display(),
+                number + 1
+            )
+        })?;
         events.push(event);
     }
     Ok(events)

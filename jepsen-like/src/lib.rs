@@ -7,5 +7,7 @@ pub mod nemesis;
 pub mod net;
 pub mod recorder;
 pub mod report;
+pub mod runner;
 pub mod skew;
 pub mod timeline;
+pub mod workload;

@@ -1,0 +1,220 @@
+//! Quick fault runs against real `kv-node` processes: one run per fault
+//! kind, each with 3 nodes and a 15 s time limit, asserting the checkers'
+//! verdicts.
+//!
+//! The runs go one at a time (a shared lock), because several clusters at
+//! once on a small machine turn slowness into timeouts. Each run stops its
+//! nodes and deletes its network when it ends, also when it fails. Run
+//! folders stay under the cargo target folder for inspection.
+//!
+//! Partition runs need root and the `ip` and `nft` commands; without them
+//! they print why and return. Skew runs need libfaketime in the same way.
+//! The tests need the `kv-node` binary: `cargo build -p kv-node` (the
+//! README's test command builds it first).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kv_jepsen::checker::{AnomalyKind, Verdicts};
+use kv_jepsen::cluster::default_node_bin;
+use kv_jepsen::nemesis::FaultKind;
+use kv_jepsen::runner::{self, RunConfig, RunReport};
+use kv_jepsen::workload::WorkloadKind;
+
+/// Serialises the runs of this file.
+static ONE_RUN_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Upper bound of one run, setup and checks included.
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn config(workload: WorkloadKind, fault: FaultKind, seed: u64) -> RunConfig {
+    let node_bin = default_node_bin();
+    assert!(
+        node_bin.is_file(),
+        "kv-node not found at {}; run `cargo build -p kv-node` first",
+        node_bin.display()
+    );
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("jepsen-runs");
+    RunConfig {
+        workload,
+        nemesis: vec![fault],
+        time_limit: Duration::from_secs(15),
+        seed,
+        nodes: 3,
+        replicas: 3,
+        clients: 3,
+        keys: 3,
+        out,
+        node_bin,
+        max_ops: 2000,
+        op_interval: Duration::from_millis(50),
+        request_timeout: Duration::from_secs(3),
+        quorum_timeout: Duration::from_secs(2),
+        converge_timeout: Duration::from_secs(5),
+        ready_timeout: Duration::from_secs(60),
+        fault_secs: (4, 6),
+        healthy_secs: (2, 3),
+    }
+}
+
+async fn run(workload: WorkloadKind, fault: FaultKind, seed: u64) -> RunReport {
+    let _serial = ONE_RUN_AT_A_TIME.lock().await;
+    let run = runner::run(config(workload, fault, seed));
+    let report = tokio::time::timeout(RUN_TIMEOUT, run)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} run with {} faults exceeded {RUN_TIMEOUT:?}",
+                workload.name(),
+                fault.name()
+            )
+        })
+        .unwrap_or_else(|error| {
+            panic!(
+                "{} run with {} faults failed: {error}",
+                workload.name(),
+                fault.name()
+            )
+        });
+    println!("{}", report.summary);
+    println!("run folder: {}", report.dir.display());
+    report
+}
+
+/// Returns why partitions cannot run here, after printing it.
+fn partitions_skipped() -> bool {
+    match kv_jepsen::net::partitions_unavailable_reason() {
+        Some(reason) => {
+            println!(
+                "skipped: network partitions need root and the ip and nft commands ({reason})"
+            );
+            true
+        }
+        None => false,
+    }
+}
+
+fn skew_skipped() -> bool {
+    if kv_jepsen::skew::find_libfaketime().is_none() {
+        println!("skipped: clock skew needs libfaketime (Debian package faketime)");
+        return true;
+    }
+    false
+}
+
+fn count(verdicts: &Verdicts, kind: AnomalyKind) -> usize {
+    verdicts
+        .anomalies()
+        .filter(|anomaly| anomaly.kind == kind)
+        .count()
+}
+
+/// Asserts no safety anomaly: nothing lost, no phantom, no resurrection,
+/// no dot conflict. Convergence is asserted separately by each test.
+fn assert_safe(report: &RunReport) {
+    let verdicts = &report.verdicts;
+    for kind in [
+        AnomalyKind::LostWrite,
+        AnomalyKind::LostSupersede,
+        AnomalyKind::ResurrectedDelete,
+        AnomalyKind::PhantomValue,
+        AnomalyKind::DotConflict,
+    ] {
+        assert_eq!(
+            count(verdicts, kind),
+            0,
+            "{kind:?} in {}:\n{}",
+            report.dir.display(),
+            report.summary
+        );
+    }
+}
+
+/// Asserts that the run had client operations and the fault happened.
+fn assert_ran(report: &RunReport, fault_word: &str) {
+    assert!(
+        report.verdicts.operations > 50,
+        "too few operations:\n{}",
+        report.summary
+    );
+    let faults = report
+        .events
+        .iter()
+        .filter(|event| {
+            event
+                .fault
+                .as_deref()
+                .is_some_and(|text| text.starts_with(fault_word))
+        })
+        .count();
+    assert!(
+        faults > 0,
+        "no '{fault_word}' nemesis event in {}",
+        report.dir.display()
+    );
+}
+
+fn assert_valid(report: &RunReport) {
+    assert!(
+        report.verdicts.valid,
+        "expected a valid run:\n{}",
+        report.summary
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_set_valid() {
+    let report = run(WorkloadKind::Set, FaultKind::Kill, 1).await;
+    assert_ran(&report, "kill");
+    assert_safe(&report);
+    // Clients read the few set keys all the time, so read repair brings a
+    // restarted node up to date before the convergence wait ends.
+    assert_valid(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_register_valid() {
+    let report = run(WorkloadKind::Register, FaultKind::Pause, 2).await;
+    assert_ran(&report, "pause");
+    assert_safe(&report);
+    assert_valid(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skew_set_valid() {
+    if skew_skipped() {
+        return;
+    }
+    let report = run(WorkloadKind::Set, FaultKind::Skew, 3).await;
+    assert_ran(&report, "skew");
+    assert_safe(&report);
+    assert_valid(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_set_valid() {
+    if partitions_skipped() {
+        return;
+    }
+    let report = run(WorkloadKind::Set, FaultKind::Partition, 4).await;
+    assert_ran(&report, "partition");
+    assert_safe(&report);
+    assert_valid(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_delete_unconverged_without_handoff() {
+    let report = run(WorkloadKind::Delete, FaultKind::Kill, 5).await;
+    assert_ran(&report, "kill");
+    assert_safe(&report);
+    // EXPECTED FAILURE: a node that was down misses the writes and deletes
+    // of that time, and the delete workload never reads a finished key
+    // again, so only hinted handoff or anti-entropy could repair it. Both
+    // are not built yet, so the convergence wait hits its deadline. When
+    // this assert fails, repair works: make this test assert_valid.
+    assert!(
+        count(&report.verdicts, AnomalyKind::Unconverged) > 0,
+        "expected unconverged replicas until hinted handoff or anti-entropy exist:\n{}",
+        report.summary
+    );
+}
