@@ -93,6 +93,24 @@ pub fn render_svg(events: &[Event]) -> String {
         windows.len()
     );
 
+    // Lane backgrounds and names, under the fault shading and the bars.
+    for (row, process) in lanes.iter().enumerate() {
+        let y = TOP + row as f64 * LANE_HEIGHT;
+        if row % 2 == 0 {
+            let _ = writeln!(
+                svg,
+                r##"<rect x="{LEFT}" y="{y:.1}" width="{:.1}" height="{LANE_HEIGHT}" fill="#f4f4f4"/>"##,
+                scale.plot_width
+            );
+        }
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            LEFT - 6.0,
+            y + LANE_HEIGHT * 0.7,
+            escape(process)
+        );
+    }
     // Fault windows: shading over both panels and a label above the lanes.
     let bottom = latency_top + LATENCY_HEIGHT;
     for (number, window) in windows.iter().enumerate() {
@@ -119,24 +137,6 @@ pub fn render_svg(events: &[Event]) -> String {
         );
     }
 
-    // Lanes.
-    for (row, process) in lanes.iter().enumerate() {
-        let y = TOP + row as f64 * LANE_HEIGHT;
-        if row % 2 == 0 {
-            let _ = writeln!(
-                svg,
-                r##"<rect x="{LEFT}" y="{y:.1}" width="{:.1}" height="{LANE_HEIGHT}" fill="#f4f4f4"/>"##,
-                scale.plot_width
-            );
-        }
-        let _ = writeln!(
-            svg,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-            LEFT - 6.0,
-            y + LANE_HEIGHT * 0.7,
-            escape(process)
-        );
-    }
     let lane_of: BTreeMap<&str, usize> = lanes
         .iter()
         .enumerate()

@@ -315,6 +315,12 @@ fn timeline_svg_draws_lanes_and_faults() {
     assert!(lane_2 < lane_10);
     assert!(!svg.contains(">nemesis<"), "the nemesis gets no lane");
     assert!(svg.contains("partition halves [n1 n2] [n3 n4 n5]"));
+    // Fault shading lies over the lane backgrounds, so every lane shows it.
+    let lane_background = svg.find("fill=\"#f4f4f4\"").expect("lane background");
+    let fault_shading = svg
+        .find("fill=\"#7e57c2\" fill-opacity=\"0.15\"")
+        .expect("fault shading");
+    assert!(lane_background < fault_shading);
     // One bar and one latency point per operation, by outcome colour.
     assert_eq!(
         svg.matches("fill=\"#4caf50\" fill-opacity=\"0.9\"").count(),
