@@ -11,7 +11,9 @@
 //! - **lost supersedes** and **resurrected deletes**: a value present in the
 //!   final values although an `ok` write or delete covered it, or returned
 //!   by a converged read after an earlier converged read showed it gone.
-//!   Reads during faults may be stale and never count;
+//!   A converged read is one of the `final` phase or one invoked at or
+//!   after [`Convergence::converged_at_ms`]. Reads during faults may be
+//!   stale and never count;
 //! - **phantom values**: a value (or set element) that appears anywhere but
 //!   that no invoke of that key wrote;
 //! - **unconverged replicas**: replicas of a key that hold different states
@@ -21,7 +23,7 @@
 //! - availability per phase and per fault window, and latency percentiles
 //!   per operation kind. These are measurements, never anomalies.
 //!
-//! Indeterminate (`info`) operations may be present or absent; they are
+//! Indeterminate (`info`) operations may be present or absent. They are
 //! counted in [`Indeterminate`] and never reported lost.
 //!
 //! The final values of a key are the final read at R=N or, when that read
@@ -29,9 +31,10 @@
 //! [`Verdicts::unchecked`], and the verdict is `unknown` unless an anomaly
 //! was found elsewhere.
 //!
-//! Values of set keys are sets of elements written as text: the elements
-//! joined by `,`, see [`set_elements`] and [`set_value`]. Elements must not
-//! contain a comma or be empty.
+//! A key is a set key when an `add` touched it. Its values are sets of
+//! elements written as text: the elements joined by `,`, see
+//! [`set_elements`] and [`set_value`]. Elements must not contain a comma or
+//! be empty.
 
 mod final_state;
 mod operations;
