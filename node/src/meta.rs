@@ -1,27 +1,42 @@
-//! Node metadata kept in the engine's metadata space: the node id, its
-//! generation, the epoch counter's reservation, the restart mark, the
-//! clean-stop marker and the ring.
+//! Node metadata: identity, generation and ring in the engine's metadata
+//! space, and the records that protect causality in small files beside it.
 //!
-//! Every entry is a checksummed record. Metadata writes are flushed with a
-//! real fsync in every sync mode, because losing them would let a node reuse
-//! an epoch or forget that its last stop was unclean.
+//! The epoch reservation, the restart mark and the clean-stop marker live in
+//! files of their own (`epochs`, `clean-stop`), written atomically (a
+//! temporary file, fsync, rename, fsync of the directory), not in the storage
+//! engine. An engine that recovers a damaged journal by cutting it short
+//! would otherwise roll them back silently, and a node whose epoch counter
+//! goes back issues dots that already name other acknowledged values.
+//!
+//! An engine that loses recent writes is detected too: every data write
+//! batch also stores an increasing write sequence number, and a clean stop
+//! records the last one in the clean-stop file. A start that finds the
+//! engine behind that number treats the previous stop as unclean.
+//!
+//! Epochs also never fall below the wall clock in seconds times 2^20, so a
+//! data directory restored from an old backup does not reuse epochs either,
+//! as long as the clock has not gone back.
 
 use kv_cluster::causality::{EpochSource, EpochUnavailable};
 use kv_cluster::ring::Ring;
 use kv_cluster::NodeId;
 use kv_storage::{record, Engine, GroupCommit, Space, StorageError, WriteOp};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const NODE_ID: &[u8] = b"node_id";
 const GENERATION: &[u8] = b"generation";
-const EPOCH_RESERVED: &[u8] = b"epoch_reserved";
-const RESTART_MARK: &[u8] = b"restart_mark";
-const CLEAN_STOP: &[u8] = b"clean_stop";
 const RING: &[u8] = b"ring";
+/// Key of the write sequence number in the metadata space.
+pub const WRITE_SEQUENCE: &[u8] = b"write_sequence";
 
-/// Epochs reserved per fsync of the reservation record. Every key's first put
+const EPOCHS_FILE: &str = "epochs";
+const CLEAN_STOP_FILE: &str = "clean-stop";
+
+/// Epochs reserved per fsync of the reservation file. Every key's first put
 /// through a coordinator takes a fresh epoch, so blocks are large.
 const EPOCH_BLOCK: u64 = 1 << 20;
 
@@ -36,6 +51,11 @@ pub enum MetaError {
         data_dir: String,
         reason: String,
     },
+    #[error("cannot write {path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Facts the node read about itself at start.
@@ -45,7 +65,8 @@ pub struct StartInfo {
     pub generation: u64,
     /// True when the data directory was empty (a new node).
     pub first_start: bool,
-    /// True when the previous run did not write its clean-stop marker.
+    /// True when the previous run did not stop cleanly, or the engine lost
+    /// writes since.
     pub unclean_restart: bool,
     pub restart_mark: u64,
     pub ring: Option<Ring>,
@@ -55,8 +76,9 @@ pub struct StartInfo {
 pub struct Meta {
     engine: Arc<dyn Engine>,
     commit: GroupCommit,
-    data_dir: String,
+    data_dir: PathBuf,
     epochs: Arc<EpochCounter>,
+    write_sequence: Arc<AtomicU64>,
 }
 
 fn read_u64(
@@ -66,28 +88,86 @@ fn read_u64(
     let Some(bytes) = engine.get(Space::Meta, name)? else {
         return Ok(None);
     };
-    let decoded = match record::decode(&bytes) {
-        Ok(payload) if payload.len() == 8 => {
-            let mut raw = [0u8; 8];
-            raw.copy_from_slice(payload);
-            Ok(u64::from_be_bytes(raw))
-        }
-        Ok(payload) => Err(format!("expected 8 bytes, found {}", payload.len())),
-        Err(error) => Err(error.to_string()),
-    };
-    Ok(Some(decoded))
+    Ok(Some(decode_u64s::<1>(&bytes).map(|[value]| value)))
 }
 
-fn u64_op(name: &'static [u8], value: u64) -> WriteOp {
+/// Decodes a record holding `N` big-endian u64 values.
+fn decode_u64s<const N: usize>(bytes: &[u8]) -> Result<[u64; N], String> {
+    let payload = record::decode(bytes).map_err(|error| error.to_string())?;
+    if payload.len() != 8 * N {
+        return Err(format!("expected {} bytes, found {}", 8 * N, payload.len()));
+    }
+    let mut values = [0u64; N];
+    for (value, chunk) in values.iter_mut().zip(payload.chunks_exact(8)) {
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(chunk);
+        *value = u64::from_be_bytes(raw);
+    }
+    Ok(values)
+}
+
+fn encode_u64s(values: &[u64]) -> Vec<u8> {
+    let payload: Vec<u8> = values
+        .iter()
+        .flat_map(|value| value.to_be_bytes())
+        .collect();
+    record::encode(&payload)
+}
+
+/// A write op of one u64 metadata value.
+pub fn u64_op(name: &'static [u8], value: u64) -> WriteOp {
     WriteOp {
         space: Space::Meta,
         key: name.to_vec(),
-        value: Some(record::encode(&value.to_be_bytes())),
+        value: Some(encode_u64s(&[value])),
     }
 }
 
 fn name_of(key: &'static [u8]) -> &'static str {
     std::str::from_utf8(key).unwrap_or("?")
+}
+
+/// Writes `bytes` to `dir/name` atomically and durably.
+fn write_file_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), MetaError> {
+    let path = dir.join(name);
+    let temporary = dir.join(format!("{name}.tmp"));
+    let wrap = |source| MetaError::File {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = std::fs::File::create(&temporary).map_err(wrap)?;
+    file.write_all(bytes).map_err(wrap)?;
+    file.sync_all().map_err(wrap)?;
+    std::fs::rename(&temporary, &path).map_err(wrap)?;
+    std::fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(wrap)?;
+    Ok(())
+}
+
+/// Removes `dir/name` durably, if it exists.
+fn remove_file_durably(dir: &Path, name: &str) -> Result<(), MetaError> {
+    let path = dir.join(name);
+    let wrap = |source| MetaError::File {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(wrap(error)),
+    }
+    std::fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(wrap)
+}
+
+fn read_file(dir: &Path, name: &str) -> Result<Option<Vec<u8>>, String> {
+    match std::fs::read(dir.join(name)) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 impl Meta {
@@ -97,11 +177,12 @@ impl Meta {
     pub fn open(
         engine: Arc<dyn Engine>,
         commit: GroupCommit,
-        data_dir: String,
+        data_dir: PathBuf,
     ) -> Result<(Meta, StartInfo), MetaError> {
+        let shown_dir = data_dir.display().to_string();
         let corrupt = |name: &'static [u8], reason: String| MetaError::Corrupt {
             name: name_of(name),
-            data_dir: data_dir.clone(),
+            data_dir: shown_dir.clone(),
             reason,
         };
 
@@ -130,25 +211,44 @@ impl Meta {
             .unwrap_or(0);
         let generation = (stored_generation + 1).max(now_seconds);
 
-        // Clean stop: the marker is written only after the final flush.
-        let clean_stop = engine.get(Space::Meta, CLEAN_STOP)?.is_some();
-        let unclean_restart = !first_start && !clean_stop;
-
-        // Epochs: continue above everything reserved before. An unreadable
-        // reservation disables coordination of puts.
-        let (epoch_floor, epochs_available) = match read_u64(engine.as_ref(), EPOCH_RESERVED)? {
-            Some(Ok(value)) => (value, true),
-            None if first_start => (0, true),
-            None => (0, false),
-            Some(Err(reason)) => {
-                tracing::error!(%reason, "epoch reservation record is unreadable; this node will not coordinate puts until its data directory is wiped");
-                (0, false)
-            }
-        };
-        let stored_mark = match read_u64(engine.as_ref(), RESTART_MARK)? {
+        // Clean stop: the marker file holds the engine's write sequence at
+        // the final flush. A missing marker, or an engine behind it, means
+        // the last writes may be lost.
+        let engine_sequence = match read_u64(engine.as_ref(), WRITE_SEQUENCE)? {
             Some(Ok(value)) => value,
-            Some(Err(reason)) => return Err(corrupt(RESTART_MARK, reason)),
+            Some(Err(reason)) => return Err(corrupt(WRITE_SEQUENCE, reason)),
             None => 0,
+        };
+        let clean_stop_sequence = match read_file(&data_dir, CLEAN_STOP_FILE) {
+            Ok(Some(bytes)) => decode_u64s::<1>(&bytes).ok().map(|[value]| value),
+            Ok(None) | Err(_) => None,
+        };
+        let unclean_restart = !first_start && clean_stop_sequence != Some(engine_sequence);
+        if let Some(expected) = clean_stop_sequence.filter(|expected| *expected > engine_sequence) {
+            tracing::error!(
+                expected,
+                found = engine_sequence,
+                "the storage engine lost writes since the last clean stop; keys written last continue under fresh epochs and are repaired from other replicas on read"
+            );
+        }
+
+        // Epochs: continue above every earlier reservation and above the
+        // wall-clock floor. A missing or unreadable reservation on a node
+        // that existed before disables coordination of puts.
+        let clock_floor = now_seconds.saturating_mul(EPOCH_BLOCK);
+        let stored = match read_file(&data_dir, EPOCHS_FILE) {
+            Ok(Some(bytes)) => decode_u64s::<2>(&bytes).map(Some),
+            Ok(None) if first_start => Ok(None),
+            Ok(None) => Err("the file is missing".to_string()),
+            Err(reason) => Err(reason),
+        };
+        let (epoch_floor, stored_mark, epochs_available) = match stored {
+            Ok(Some([reserved, mark])) => (reserved.max(clock_floor), mark, true),
+            Ok(None) => (clock_floor, 0, true),
+            Err(reason) => {
+                tracing::error!(%reason, file = %data_dir.join(EPOCHS_FILE).display(), "the epoch reservation is unreadable; this node will not coordinate puts until its data directory is wiped");
+                (clock_floor, u64::MAX, false)
+            }
         };
         let restart_mark = if unclean_restart {
             stored_mark.max(epoch_floor)
@@ -166,28 +266,23 @@ impl Meta {
             }
         };
 
-        let mut ops = vec![
-            u64_op(NODE_ID, node_id),
-            u64_op(GENERATION, generation),
-            u64_op(RESTART_MARK, restart_mark),
-            WriteOp {
-                space: Space::Meta,
-                key: CLEAN_STOP.to_vec(),
-                value: None,
-            },
-        ];
-        if epochs_available {
-            ops.push(u64_op(EPOCH_RESERVED, reserved));
-        }
-        engine.write(&ops)?;
+        engine.write(&[u64_op(NODE_ID, node_id), u64_op(GENERATION, generation)])?;
         commit.flush_now_blocking()?;
+        if epochs_available {
+            write_file_durably(
+                &data_dir,
+                EPOCHS_FILE,
+                &encode_u64s(&[reserved, restart_mark]),
+            )?;
+        }
+        remove_file_durably(&data_dir, CLEAN_STOP_FILE)?;
 
         let epochs = Arc::new(EpochCounter {
             current: AtomicU64::new(epoch_floor),
             reserved: Mutex::new(reserved),
+            restart_mark,
             available: AtomicBool::new(epochs_available),
-            engine: engine.clone(),
-            commit: commit.clone(),
+            data_dir: data_dir.clone(),
         });
         let info = StartInfo {
             node_id,
@@ -203,6 +298,7 @@ impl Meta {
                 commit,
                 data_dir,
                 epochs,
+                write_sequence: Arc::new(AtomicU64::new(engine_sequence)),
             },
             info,
         ))
@@ -212,8 +308,13 @@ impl Meta {
         self.epochs.clone()
     }
 
-    pub fn data_dir(&self) -> &str {
-        &self.data_dir
+    /// The counter the store bumps with every data write batch.
+    pub fn write_sequence(&self) -> Arc<AtomicU64> {
+        self.write_sequence.clone()
+    }
+
+    pub fn data_dir(&self) -> String {
+        self.data_dir.display().to_string()
     }
 
     /// Stores the ring durably.
@@ -227,16 +328,12 @@ impl Meta {
         Ok(())
     }
 
-    /// Writes the clean-stop marker. Call only after the final flush of the
-    /// data, so the marker never claims more than is on disk.
+    /// Writes the clean-stop marker with the engine's write sequence. Call
+    /// only after the final flush of the data, so the marker never claims
+    /// more than is on disk.
     pub fn mark_clean_stop(&self) -> Result<(), MetaError> {
-        self.engine.write(&[WriteOp {
-            space: Space::Meta,
-            key: CLEAN_STOP.to_vec(),
-            value: Some(record::encode(&[1])),
-        }])?;
-        self.commit.flush_now_blocking()?;
-        Ok(())
+        let sequence = self.write_sequence.load(Ordering::SeqCst);
+        write_file_durably(&self.data_dir, CLEAN_STOP_FILE, &encode_u64s(&[sequence]))
     }
 }
 
@@ -246,9 +343,9 @@ impl Meta {
 pub struct EpochCounter {
     current: AtomicU64,
     reserved: Mutex<u64>,
+    restart_mark: u64,
     available: AtomicBool,
-    engine: Arc<dyn Engine>,
-    commit: GroupCommit,
+    data_dir: PathBuf,
 }
 
 impl EpochCounter {
@@ -270,10 +367,11 @@ impl EpochCounter {
             // NOTE: this fsync can run while a key lock is held; it happens
             // once per EPOCH_BLOCK epochs.
             let next_reserved = epoch + EPOCH_BLOCK;
-            let written = self
-                .engine
-                .write(&[u64_op(EPOCH_RESERVED, next_reserved)])
-                .and_then(|()| self.commit.flush_now_blocking());
+            let written = write_file_durably(
+                &self.data_dir,
+                EPOCHS_FILE,
+                &encode_u64s(&[next_reserved, self.restart_mark]),
+            );
             if let Err(error) = written {
                 tracing::error!(%error, "cannot reserve epochs; this node stops coordinating puts");
                 self.available.store(false, Ordering::SeqCst);

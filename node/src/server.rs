@@ -31,6 +31,17 @@ use tonic::transport::Server;
 /// Runs a node until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     config.validate()?;
+
+    // Bind first, so a taken port fails before anything is created on disk.
+    let incoming = TcpIncoming::bind(config.listen)
+        .with_context(|| {
+            format!(
+                "cannot listen on {}; is another kv-node or program using it? Choose another --listen",
+                config.listen
+            )
+        })?
+        .with_nodelay(Some(true));
+
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let mut config = config;
@@ -53,7 +64,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (meta, info, holds_data) = {
         let engine = engine.clone();
         let commit = commit.clone();
-        let data_dir = data_dir.clone();
+        let data_dir = config.data_dir.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let holds_data = !engine.is_empty(Space::Data)?;
             let (meta, info) = Meta::open(engine, commit, data_dir)?;
@@ -65,10 +76,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!(restart_mark = info.restart_mark, "the previous run did not stop cleanly; keys it wrote last will continue under fresh epochs");
     }
 
-    // Bind before joining, so a taken port fails at once.
-    let incoming = TcpIncoming::bind(config.listen)
-        .with_context(|| format!("cannot listen on {}", config.listen))?
-        .with_nodelay(Some(true));
     let address = config.listen.to_string();
     let peers = Peers::new(config.grpc_message_limit());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -123,6 +130,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             node_id: info.node_id,
             restart_mark: info.restart_mark,
             holds_data,
+            write_sequence: meta.write_sequence(),
         },
         engine.clone(),
         commit.clone(),

@@ -55,6 +55,8 @@ pub struct StoreIdentity {
     pub restart_mark: u64,
     /// True when the data space held a key at start.
     pub holds_data: bool,
+    /// Write sequence number, bumped with every data write.
+    pub write_sequence: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// One node's copy of its keys.
@@ -68,6 +70,7 @@ pub struct LocalStore {
     stats: Arc<Stats>,
     holds_data: AtomicBool,
     repair_tx: mpsc::UnboundedSender<Vec<u8>>,
+    write_sequence: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl LocalStore {
@@ -83,6 +86,7 @@ impl LocalStore {
             node_id,
             restart_mark,
             holds_data,
+            write_sequence,
         } = identity;
         LocalStore {
             node_id,
@@ -94,6 +98,7 @@ impl LocalStore {
             stats,
             holds_data: AtomicBool::new(holds_data),
             repair_tx,
+            write_sequence,
         }
     }
 
@@ -124,7 +129,7 @@ impl LocalStore {
             Ok((state, gen)) => Ok(LocalCopy::Present { state, gen }),
             Err(reason) => {
                 self.stats.corrupt_records.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(key_len = key.len(), %reason, "stored record is unreadable; treating it as unknown and queueing a repair");
+                tracing::warn!(key = %crate::coordinator::display_key(key), %reason, "stored record is unreadable; treating it as unknown and queueing a repair");
                 let _ = self.repair_tx.send(key.to_vec());
                 Ok(LocalCopy::Unknown)
             }
@@ -133,11 +138,17 @@ impl LocalStore {
 
     fn write_blocking(&self, stored_key: &[u8], state: &State, gen: u64) -> Result<(), StoreError> {
         let payload = causality::encode_record(state, gen);
-        self.engine.write(&[WriteOp {
-            space: Space::Data,
-            key: stored_key.to_vec(),
-            value: Some(record::encode(&payload)),
-        }])?;
+        // The sequence number lets the next start tell whether the engine
+        // lost writes since the last clean stop.
+        let sequence = self.write_sequence.fetch_add(1, Ordering::SeqCst) + 1;
+        self.engine.write(&[
+            WriteOp {
+                space: Space::Data,
+                key: stored_key.to_vec(),
+                value: Some(record::encode(&payload)),
+            },
+            crate::meta::u64_op(crate::meta::WRITE_SEQUENCE, sequence),
+        ])?;
         self.holds_data.store(true, Ordering::Relaxed);
         Ok(())
     }
@@ -225,7 +236,7 @@ impl LocalStore {
             let stored = store_incoming(&local, &incoming, store.epochs.value());
             if stored.dot_conflicts > 0 {
                 store.stats.dot_conflicts.fetch_add(stored.dot_conflicts as u64, Ordering::Relaxed);
-                tracing::error!(key_len = key.len(), conflicts = stored.dot_conflicts, "two replicas hold the same dot with different values; kept the value with the larger digest");
+                tracing::error!(key = %crate::coordinator::display_key(&key), conflicts = stored.dot_conflicts, "two replicas hold the same dot with different values; kept the value with the larger digest");
             }
             if stored.changed {
                 store.write_blocking(&stored_key, &stored.state, stored.gen)?;

@@ -50,7 +50,7 @@ impl Admin for AdminService {
             dot_conflicts: stats.dot_conflicts.load(Ordering::Relaxed),
             forwarded: stats.forwarded.load(Ordering::Relaxed),
             ring_not_ready_reason: node.view.ring_not_ready_reason().unwrap_or_default(),
-            data_dir: node.meta.data_dir().to_string(),
+            data_dir: node.meta.data_dir(),
             generation: node.generation,
             epoch: node.meta.epochs().value(),
             restart_mark: node.restart_mark,
