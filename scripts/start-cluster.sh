@@ -7,8 +7,13 @@
 # The first node creates the cluster; the others join through it. Starting
 # again reuses the data. Stop the cluster with scripts/stop-cluster.sh.
 #
+# A cluster that holds data cannot grow yet (moving partitions to a new node
+# is not built): to change the number of nodes, stop the cluster and remove
+# .cluster/ first.
+#
 # Environment: BASE_PORT, RINGKV_NODE_ARGS (extra kv-node flags, e.g.
-# "--engine sled"), RINGKV_PROFILE (release, the default, or debug).
+# "--engine sled"), RINGKV_PROFILE (release, the default, or debug), RUST_LOG
+# (the nodes' log filter).
 set -euo pipefail
 
 usage() {
@@ -64,22 +69,41 @@ for i in $(seq 1 "$NODES"); do
         seeds=(--seeds "$(IFS=,; echo "${ENDPOINTS[*]:1}")")
     fi
     # shellcheck disable=SC2086
-    RUST_LOG="${RUST_LOG:-info}" nohup "$BIN/kv-node" \
+    nohup "$BIN/kv-node" \
         --data-dir "$STATE/node-$i" --listen "$address" "${seeds[@]}" ${RINGKV_NODE_ARGS:-} \
         >>"$STATE/node-$i.log" 2>&1 </dev/null &
     echo $! >"$pid_file"
     echo "started node $i on $address (PID $!, log .cluster/node-$i.log)"
     if (( i == 1 )); then
         # Let the first node create the cluster before the others ask it.
-        "$BIN/kv-cli" --endpoints "$FIRST" wait --nodes 1 --timeout-secs 30 >/dev/null
+        if ! "$BIN/kv-cli" --endpoints "$FIRST" wait --nodes 1 --timeout-secs 30 >/dev/null; then
+            echo "error: node 1 ($FIRST) did not start; the end of .cluster/node-1.log says:" >&2
+            tail -n 3 "$STATE/node-1.log" >&2
+            exit 1
+        fi
     fi
 done
 
 echo "waiting until every node sees every other one up..."
-if ! "$BIN/kv-cli" --endpoints "$(IFS=,; echo "${ENDPOINTS[*]}")" wait --nodes "$NODES" --timeout-secs 60; then
-    echo "error: the cluster did not form within 60 s; see the logs in .cluster/" >&2
-    exit 1
-fi
+deadline=$((SECONDS + 60))
+until "$BIN/kv-cli" --endpoints "$(IFS=,; echo "${ENDPOINTS[*]}")" wait --nodes "$NODES" --timeout-secs 2 >/dev/null 2>&1; do
+    # A node that exited (for example because its join was rejected) will
+    # never come up: show why instead of waiting out the deadline.
+    for i in $(seq 1 "$NODES"); do
+        pid="$(cat "$STATE/node-$i.pid" 2>/dev/null || true)"
+        if [[ -z "$pid" ]] || ! kill -0 "$pid" 2>/dev/null; then
+            echo "error: node $i (${ENDPOINTS[$((i - 1))]}) exited; the end of .cluster/node-$i.log says:" >&2
+            tail -n 3 "$STATE/node-$i.log" >&2
+            rm -f "$STATE/node-$i.pid"
+            exit 1
+        fi
+    done
+    if (( SECONDS >= deadline )); then
+        echo "error: the cluster did not form within 60 s; see the logs in .cluster/" >&2
+        "$BIN/kv-cli" --endpoints "$FIRST" wait --nodes "$NODES" --timeout-secs 1 >&2 || true
+        exit 1
+    fi
+done
 
 "$BIN/kv-cli" --endpoints "$FIRST" members
 cat <<MSG

@@ -134,6 +134,8 @@ pub enum ConfigError {
     ReadRepairChance(f64),
     #[error("invalid --{name} 0: must be at least 1")]
     Zero { name: &'static str },
+    #[error("invalid --data-dir {0}: it exists and is not a directory")]
+    DataDirNotDirectory(String),
 }
 
 impl Config {
@@ -151,6 +153,11 @@ impl Config {
         if !self.partitions.is_power_of_two() || self.partitions > 65536 {
             return Err(ConfigError::Partitions(self.partitions));
         }
+        if self.data_dir.exists() && !self.data_dir.is_dir() {
+            return Err(ConfigError::DataDirNotDirectory(
+                self.data_dir.display().to_string(),
+            ));
+        }
         if self.listen.ip().is_unspecified() {
             return Err(ConfigError::UnspecifiedListen(self.listen));
         }
@@ -158,6 +165,8 @@ impl Config {
             return Err(ConfigError::ReadRepairChance(self.read_repair_chance));
         }
         for (name, value) in [
+            ("max-value-bytes", self.max_value_bytes as u64),
+            ("max-state-bytes", self.max_state_bytes as u64),
             ("max-siblings", self.max_siblings as u64),
             ("request-timeout-ms", self.request_timeout_ms),
             ("message-deadline-ms", self.message_deadline_ms),

@@ -130,33 +130,6 @@ impl Node {
         Ok(())
     }
 
-    fn check_reachable(
-        &self,
-        list: &[NodeId],
-        needed: usize,
-        name: &str,
-    ) -> Result<(), RequestError> {
-        let up: Vec<NodeId> = list
-            .iter()
-            .copied()
-            .filter(|id| self.view.is_up(*id))
-            .collect();
-        if up.len() < needed {
-            let down: Vec<String> = list
-                .iter()
-                .filter(|id| !up.contains(id))
-                .map(|id| self.describe_node(*id))
-                .collect();
-            return Err(RequestError::Quorum(format!(
-                "only {} of {} replicas of the key are reachable, and {name}={needed} needs {needed}; down: {}. Nothing was written; retry when the nodes are back or lower {name}",
-                up.len(),
-                list.len(),
-                down.join(", ")
-            )));
-        }
-        Ok(())
-    }
-
     /// Coordinates a put of `value` (or a tombstone) with the client's
     /// context. The caller has checked that this node replicates the key.
     pub async fn coordinate_put(
@@ -181,7 +154,6 @@ impl Node {
         let w = self.quorum(w, self.config.w, "W")?;
         let list = self.preference_list(key);
         self.check_list_size(&list, w, "W")?;
-        self.check_reachable(&list, w, "W")?;
         self.write_quorum(key, value, client_context, w, &list)
             .await
     }
@@ -388,7 +360,6 @@ impl Node {
         let r = self.quorum(r, self.config.r, "R")?;
         let list = self.preference_list(key);
         self.check_list_size(&list, r, "R")?;
-        self.check_reachable(&list, r, "R")?;
         self.stats.gets_coordinated.fetch_add(1, Ordering::Relaxed);
         self.read_quorum(
             key,
@@ -505,20 +476,20 @@ impl Node {
         let mut merged = State::default();
         for answer in answers.values() {
             if let Answer::State(Some(state)) = answer {
-                merged = self.merge_counted(&merged, state);
+                merged = self.merge_counted(key, &merged, state);
             }
         }
         self.spawn_read_repair(key, answers, pending);
         Ok(ReadResult { state: merged })
     }
 
-    fn merge_counted(&self, left: &State, right: &State) -> State {
+    fn merge_counted(&self, key: &[u8], left: &State, right: &State) -> State {
         let merged = left.merge(right);
         if merged.dot_conflicts > 0 {
             self.stats
                 .dot_conflicts
                 .fetch_add(merged.dot_conflicts as u64, Ordering::Relaxed);
-            tracing::error!(conflicts = merged.dot_conflicts, "replicas hold the same dot with different values; kept the value with the larger digest");
+            tracing::error!(key = %display_key(key), conflicts = merged.dot_conflicts, "replicas hold the same dot with different values; kept the value with the larger digest");
         }
         merged.state
     }
@@ -554,7 +525,7 @@ impl Node {
         let mut merged = State::default();
         for answer in answers.values() {
             if let Answer::State(Some(state)) = answer {
-                merged = self.merge_counted(&merged, state);
+                merged = self.merge_counted(key, &merged, state);
             }
         }
 
@@ -569,7 +540,7 @@ impl Node {
         for peer in differing {
             if let Ok(Answer::State(state)) = self.send_replica_read(peer, key, false).await {
                 if let Some(state) = &state {
-                    merged = self.merge_counted(&merged, state);
+                    merged = self.merge_counted(key, &merged, state);
                 }
                 answers.insert(peer, Answer::State(state));
             }
@@ -657,6 +628,21 @@ impl Node {
             }
         }
     }
+}
+
+/// Formats a key for logs: printable ASCII as is, other bytes as `\xNN`,
+/// cut after 100 characters.
+pub fn display_key(key: &[u8]) -> String {
+    let mut shown: String = key
+        .iter()
+        .flat_map(|byte| std::ascii::escape_default(*byte))
+        .map(char::from)
+        .take(100)
+        .collect();
+    if shown.len() == 100 {
+        shown.push('…');
+    }
+    shown
 }
 
 /// Encodes a digest for a replica-read reply.

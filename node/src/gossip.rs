@@ -442,6 +442,7 @@ pub async fn join_through_seeds(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<(Ring, Membership)> {
     let mut attempts = 0u64;
+    let mut last_error = String::new();
     loop {
         for seed in seeds {
             let mut client = peers
@@ -465,13 +466,16 @@ pub async fn join_through_seeds(
                     anyhow::bail!("seed {seed} rejected the join: {}", status.message());
                 }
                 Ok(Err(status)) => {
-                    tracing::debug!(%seed, reason = %status.message(), "join attempt failed")
+                    let cause = std::error::Error::source(&status)
+                        .map(|source| format!(" ({source})"))
+                        .unwrap_or_default();
+                    last_error = format!("{seed}: {}{cause}", status.message());
                 }
-                Err(_) => tracing::debug!(%seed, "join attempt timed out"),
+                Err(_) => last_error = format!("{seed}: timed out after 3 s"),
             }
         }
         if attempts.is_multiple_of(10) {
-            tracing::info!(seeds = ?seeds, "waiting for a seed to reply to the join request");
+            tracing::warn!(seeds = ?seeds, %last_error, "no seed accepted the join request yet; retrying every second. Check --seeds and that a seed is running");
         }
         attempts += 1;
         tokio::select! {

@@ -18,6 +18,11 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let config = config::Config::parse();
+    if let Err(error) = config.validate() {
+        // The same exit code as clap's own usage errors.
+        eprintln!("error: {error}");
+        return std::process::ExitCode::from(2);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env()
@@ -40,8 +45,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(server::run(config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
-            eprintln!("kv-node: {error:#}");
+            tracing::error!("kv-node stopped: {error:#}");
             std::process::ExitCode::FAILURE
         }
     }
