@@ -241,7 +241,8 @@ async fn unclean_restart_continues_under_fresh_epoch() {
         let first_epoch = dot_epoch(&before.dots[0]);
 
         // A clean stop keeps the restart mark.
-        cluster.nodes[0].stop();
+        let exit = cluster.nodes[0].stop().expect("the node was running");
+        assert!(exit.success(), "SIGTERM stops the node cleanly, got {exit}");
         cluster.nodes[0].spawn();
         cluster.wait_converged(Duration::from_secs(60)).await;
         let clean = common::status(&coordinator).await.expect("status");
