@@ -37,16 +37,11 @@ struct RunArgs {
     #[arg(long, value_enum, default_value = "set")]
     workload: WorkloadKind,
 
-    /// Comma-separated fault kinds the nemesis chooses from; empty for a
-    /// run without faults. Partitions need root and the ip and nft
-    /// commands; skew needs libfaketime.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "partition,kill,pause,skew"
-    )]
-    nemesis: Vec<FaultKind>,
+    /// Comma-separated fault kinds the nemesis chooses from (partition,
+    /// kill, pause, skew), or "none" for a run without faults. Partitions
+    /// need root and the ip and nft commands; skew needs libfaketime.
+    #[arg(long, value_parser = parse_nemesis, default_value = "partition,kill,pause,skew")]
+    nemesis: NemesisKinds,
 
     /// Length of the client and fault phase, in seconds.
     #[arg(long, default_value_t = 60)]
@@ -94,11 +89,11 @@ struct RunArgs {
 
     /// Time allowed for the replicas to converge after healing, in seconds.
     #[arg(long, default_value_t = 20)]
-    converge_timeout: u64,
+    converge_timeout_secs: u64,
 
     /// Time allowed for the cluster to form or re-form, in seconds.
     #[arg(long, default_value_t = 60)]
-    ready_timeout: u64,
+    ready_timeout_secs: u64,
 
     /// Shortest and longest fault window, in seconds.
     #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], default_values_t = [5, 10])]
@@ -117,6 +112,25 @@ struct RunArgs {
     /// else target/debug/kv-node of the workspace.
     #[arg(long)]
     node_bin: Option<PathBuf>,
+}
+
+/// The fault kinds of `--nemesis`.
+#[derive(Clone, Debug)]
+struct NemesisKinds(Vec<FaultKind>);
+
+fn parse_nemesis(text: &str) -> Result<NemesisKinds, String> {
+    let text = text.trim();
+    if text.is_empty() || text == "none" {
+        return Ok(NemesisKinds(Vec::new()));
+    }
+    let mut kinds = Vec::new();
+    for word in text.split(',') {
+        let kind = <FaultKind as clap::ValueEnum>::from_str(word.trim(), true).map_err(|_| {
+            format!("invalid fault kind {word:?}; expected partition, kill, pause, skew or none")
+        })?;
+        kinds.push(kind);
+    }
+    Ok(NemesisKinds(kinds))
 }
 
 fn pair(values: &[u64], name: &str) -> Result<(u64, u64), String> {
@@ -147,7 +161,7 @@ fn run_config(args: RunArgs) -> Result<RunConfig, String> {
     }
     Ok(RunConfig {
         workload: args.workload,
-        nemesis: args.nemesis,
+        nemesis: args.nemesis.0,
         time_limit: Duration::from_secs(args.time_limit),
         seed: args.seed,
         nodes: args.nodes,
@@ -160,8 +174,8 @@ fn run_config(args: RunArgs) -> Result<RunConfig, String> {
         op_interval: Duration::from_millis(args.op_interval_ms),
         request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
         quorum_timeout: Duration::from_millis(args.quorum_timeout_ms.max(1)),
-        converge_timeout: Duration::from_secs(args.converge_timeout),
-        ready_timeout: Duration::from_secs(args.ready_timeout),
+        converge_timeout: Duration::from_secs(args.converge_timeout_secs),
+        ready_timeout: Duration::from_secs(args.ready_timeout_secs),
         fault_secs: pair(&args.fault_secs, "fault-secs")?,
         healthy_secs: pair(&args.healthy_secs, "healthy-secs")?,
     })
@@ -219,7 +233,7 @@ fn main() -> ExitCode {
                 }
             },
             _ = tokio::signal::ctrl_c() => {
-                eprintln!("kv-jepsen: interrupted; stopping the nodes and deleting the network");
+                eprintln!("kv-jepsen: interrupted; stopped the nodes of the run and deleted its network");
                 ExitCode::from(130)
             }
         }

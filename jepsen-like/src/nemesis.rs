@@ -2,7 +2,7 @@
 //!
 //! The schedule alternates healthy and fault windows: a healthy start, then
 //! repeatedly one fault for a random length followed by a healthy window,
-//! until the time limit. Window lengths and every choice (fault kind,
+//! until the time limit. The run always ends with a healthy window. Window lengths and every choice (fault kind,
 //! nodes, skew amounts) come from a ChaCha8 generator seeded with `--seed`,
 //! so one seed, time limit, node count and kind list always give the same
 //! schedule. Only one fault is active at a time.
@@ -124,8 +124,10 @@ fn random_duration(rng: &mut ChaCha8Rng, (low, high): (Duration, Duration)) -> D
     Duration::from_millis(millis)
 }
 
-/// Generates the schedule. Every window ends at least one second before
-/// the time limit, and a fault shorter than one second is dropped.
+/// Generates the schedule. The last fault ends at least the shortest
+/// healthy window (and at least one second) before the time limit, so the
+/// clients run on the healed cluster before the convergence wait. A fault
+/// window shorter than one second is not started.
 pub fn schedule(config: &ScheduleConfig) -> Vec<Window> {
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let mut kinds = config.kinds.clone();
@@ -135,7 +137,8 @@ pub fn schedule(config: &ScheduleConfig) -> Vec<Window> {
     if kinds.is_empty() || config.nodes == 0 {
         return windows;
     }
-    let last_end = config.time_limit.saturating_sub(Duration::from_secs(1));
+    let tail = config.healthy.0.max(Duration::from_secs(1));
+    let last_end = config.time_limit.saturating_sub(tail);
     let mut now = random_duration(&mut rng, config.first_healthy);
     while now + Duration::from_secs(1) <= last_end {
         let length = random_duration(&mut rng, config.fault);
@@ -344,7 +347,8 @@ mod tests {
         }
         for window in &windows {
             assert!(window.start < window.end, "{window:?}");
-            assert!(window.end <= Duration::from_secs(59), "{window:?}");
+            // A healthy tail of at least the shortest healthy window (5 s).
+            assert!(window.end <= Duration::from_secs(55), "{window:?}");
         }
     }
 
