@@ -23,8 +23,10 @@ pub const QUORUM_ERROR: &str = "quorum";
 pub enum Error {
     /// The request is invalid: key or value size, a context that belongs to
     /// another key or does not decode, R or W outside 1..=N. Not retryable:
-    /// fix the request.
-    #[error("invalid argument: {message}")]
+    /// fix the request. The message is shown as is: the node's messages
+    /// already start with what is invalid ("invalid W=5: ..."), so a prefix
+    /// would repeat it.
+    #[error("{message}")]
     InvalidArgument { message: String },
 
     /// A node replied `UNAVAILABLE` without a quorum reason, or could not be

@@ -39,6 +39,8 @@ pub enum CliError {
     ImportFailed { failed: u64, total: u64 },
     #[error("cluster not formed after {seconds} s: {reason}; check the node logs")]
     WaitTimedOut { seconds: u64, reason: String },
+    #[error("{node} is not a member of the cluster; members: {}", members.join(", "))]
+    NotMember { node: String, members: Vec<String> },
 }
 
 /// Maps an error to the exit code documented in `--help`.
@@ -46,7 +48,7 @@ fn exit_code(error: &anyhow::Error) -> u8 {
     if let Some(error) = error.downcast_ref::<CliError>() {
         return match error {
             CliError::KeyNotFound { .. } => 3,
-            CliError::InvalidContext(_) => 5,
+            CliError::InvalidContext(_) | CliError::NotMember { .. } => 5,
             CliError::Usage { .. } => 2,
             CliError::WaitTimedOut { .. } => 4,
             CliError::Siblings { .. } | CliError::ImportFailed { .. } => 1,
@@ -83,7 +85,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Put(args) => commands::put(&client, args, cli.json).await,
         Command::Delete(args) => commands::delete(&client, args, cli.json).await,
         Command::Import(args) => import::run(&client, args, cli.json).await,
-        Command::Members(args) => commands::members(&client, args, cli.json).await,
+        Command::Members(args) => commands::members(&client, args, &cli.endpoints, cli.json).await,
         Command::Ring(args) => commands::ring(&client, args, cli.json).await,
         Command::Status(args) => commands::status(&client, args, &cli.endpoints, cli.json).await,
         Command::Wait(args) => wait::run(&client, args, &cli.endpoints).await,
@@ -180,11 +182,49 @@ mod tests {
                 .into(),
                 1,
             ),
+            (
+                CliError::NotMember {
+                    node: "127.0.0.1:7999".into(),
+                    members: vec!["a1 (127.0.0.1:7401)".into()],
+                }
+                .into(),
+                5,
+            ),
+            (
+                CliError::Usage {
+                    message: "m".into(),
+                }
+                .into(),
+                2,
+            ),
             (anyhow::anyhow!("cannot read file"), 1),
         ];
         for (error, code) in cases {
             assert_eq!(exit_code(&error), code, "exit code of {error:#}");
         }
+    }
+
+    #[test]
+    fn not_member_message_lists_members() {
+        let error = CliError::NotMember {
+            node: "127.0.0.1:7999".into(),
+            members: vec!["a1 (127.0.0.1:7401)".into(), "b2 (127.0.0.1:7402)".into()],
+        };
+        assert_eq!(
+            error.to_string(),
+            "127.0.0.1:7999 is not a member of the cluster; members: a1 (127.0.0.1:7401), b2 (127.0.0.1:7402)"
+        );
+    }
+
+    #[test]
+    fn invalid_argument_has_no_doubled_prefix() {
+        let error = anyhow::Error::from(kv_client::Error::InvalidArgument {
+            message: "invalid value: 9 bytes is over the limit of 8 bytes".into(),
+        });
+        assert_eq!(
+            format!("{error:#}"),
+            "invalid value: 9 bytes is over the limit of 8 bytes"
+        );
     }
 
     #[test]

@@ -1,4 +1,8 @@
 //! Command-line arguments of kv-cli (clap derive).
+//!
+//! Checks that need no server run here, so a bad value is a usage error
+//! (exit code 2) that names the value and the expected form: endpoints must
+//! be `host:port`, quorums 1..=9 and a `--context` non-empty.
 
 use std::path::PathBuf;
 
@@ -12,7 +16,8 @@ Exit codes:
   2  usage error (invalid command line)
   3  key not found (get of a missing or deleted key)
   4  node unavailable, quorum not reached or timed out: a retry may help
-  5  invalid argument or failed precondition: fix the request
+  5  invalid argument, failed precondition, or a --replica that is not a
+     member of the cluster: fix the request
 
 Values that are not valid UTF-8 are printed with \\xNN escapes; --json adds
 their exact bytes as base64 (values_base64). Contexts are URL-safe base64
@@ -29,7 +34,8 @@ pub struct Cli {
         global = true,
         env = "RINGKV_ENDPOINTS",
         value_delimiter = ',',
-        default_value = "127.0.0.1:7401"
+        default_value = "127.0.0.1:7401",
+        value_parser = parse_endpoint
     )]
     pub endpoints: Vec<String>,
 
@@ -51,7 +57,8 @@ pub enum Command {
     Get(GetArgs),
     /// Write a value (from the argument, --file, or standard input).
     Put(PutArgs),
-    /// Delete a key (without --context, deletes what a read at R returns).
+    /// Delete a key (without --context, deletes what a read at R returns;
+    /// a missing or already deleted key is reported and left unchanged).
     Delete(DeleteArgs),
     /// Load many records from a file.
     Import(ImportArgs),
@@ -68,9 +75,10 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
+    /// Key to read.
     pub key: String,
     /// Read quorum, 1..=N (default: the cluster's R).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = parse_quorum)]
     pub r: Option<u32>,
     /// Read the local state of one node (node id or host:port) without
     /// quorum or repair: present/missing/unknown, values, tombstones, dots.
@@ -84,6 +92,7 @@ pub struct GetArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct PutArgs {
+    /// Key to write.
     pub key: String,
     /// Value to write; without it and without --file, the value is read
     /// from standard input.
@@ -94,25 +103,27 @@ pub struct PutArgs {
     pub file: Option<PathBuf>,
     /// Context printed by an earlier get or put of this key; without it the
     /// put is blind and concurrent values become siblings.
-    #[arg(long, value_name = "CTX")]
+    #[arg(long, value_name = "CTX", value_parser = parse_put_context)]
     pub context: Option<String>,
     /// Write quorum, 1..=N (default: the cluster's W).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = parse_quorum)]
     pub w: Option<u32>,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct DeleteArgs {
+    /// Key to delete.
     pub key: String,
     /// Context printed by an earlier get; without it the node reads at R
     /// and deletes what that read returned.
-    #[arg(long, value_name = "CTX")]
+    #[arg(long, value_name = "CTX", value_parser = parse_delete_context)]
     pub context: Option<String>,
-    /// Write quorum of the tombstone, 1..=N.
-    #[arg(long, value_name = "N")]
+    /// Write quorum of the tombstone, 1..=N (default: the cluster's W).
+    #[arg(long, value_name = "N", value_parser = parse_quorum)]
     pub w: Option<u32>,
-    /// Read quorum of the read done when no context is given, 1..=N.
-    #[arg(long, value_name = "N")]
+    /// Read quorum of the read done when no context is given, 1..=N
+    /// (default: the cluster's R).
+    #[arg(long, value_name = "N", value_parser = parse_quorum)]
     pub r: Option<u32>,
 }
 
@@ -130,7 +141,9 @@ pub enum ImportFormat {
 
 #[derive(Debug, clap::Args)]
 pub struct ImportArgs {
+    /// File of records to load, in the format given by --format.
     pub file: PathBuf,
+    /// Input format.
     #[arg(long, value_enum, default_value_t = ImportFormat::Tsv)]
     pub format: ImportFormat,
     /// deb822 field whose value is the record's key.
@@ -143,12 +156,18 @@ pub struct ImportArgs {
     /// sibling instead of replacing its value.
     #[arg(long)]
     pub blind: bool,
+    /// Write every record that failed to this file, in the input format,
+    /// so that it can be imported again as is. Records the parser rejected
+    /// are copied unchanged and need fixing first.
+    #[arg(long, value_name = "PATH")]
+    pub failed_out: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct MembersArgs {
-    /// Node to ask (host:port); default: any reachable endpoint.
-    #[arg(long, value_name = "ADDR")]
+    /// Node to ask (host:port); default: the first endpoint that replies,
+    /// in the order of --endpoints.
+    #[arg(long, value_name = "ADDR", value_parser = parse_endpoint)]
     pub node: Option<String>,
 }
 
@@ -162,7 +181,7 @@ pub struct RingArgs {
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     /// Node to ask (host:port); default: the first endpoint.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = parse_endpoint)]
     pub node: Option<String>,
 }
 
@@ -174,6 +193,76 @@ pub struct WaitArgs {
     /// Time to wait before failing with exit code 4, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub timeout_secs: u64,
+}
+
+/// Highest quorum accepted on the command line. The node checks the
+/// request against the cluster's N, which may be lower.
+pub const MAX_QUORUM: u32 = 9;
+
+/// Parses `--r` and `--w`: 1..=[`MAX_QUORUM`]. Zero is rejected instead of
+/// meaning "the cluster's default", because help promises 1..=N.
+fn parse_quorum(text: &str) -> Result<u32, String> {
+    let fix = format!(
+        "pass a quorum from 1 to {MAX_QUORUM}, or omit the option to use the cluster's default"
+    );
+    match text.trim().parse::<u32>() {
+        Ok(value) if (1..=MAX_QUORUM).contains(&value) => Ok(value),
+        Ok(_) => Err(format!("quorum {text} is out of range; {fix}")),
+        Err(_) => Err(format!("quorum {text:?} is not a number; {fix}")),
+    }
+}
+
+/// Parses `--context` of `put`, rejecting an empty value, which would
+/// otherwise turn the put blind without saying so.
+fn parse_put_context(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err("the context is empty; omit --context for a blind put".into());
+    }
+    Ok(text.to_string())
+}
+
+/// Parses `--context` of `delete`, rejecting an empty value.
+fn parse_delete_context(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err(
+            "the context is empty; omit --context to delete what a read at R returns".into(),
+        );
+    }
+    Ok(text.to_string())
+}
+
+/// Parses one endpoint: `host:port`, optionally after `http://` or
+/// `https://`. The host is not resolved here. Surrounding spaces are
+/// removed, so `a:1, b:2` works.
+fn parse_endpoint(text: &str) -> Result<String, String> {
+    let endpoint = text.trim();
+    let expected = "expected host:port such as 127.0.0.1:7401";
+    let authority = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))
+        .unwrap_or(endpoint);
+    let authority = authority.strip_suffix('/').unwrap_or(authority);
+    let Some((host, port)) = authority.rsplit_once(':') else {
+        return Err(format!("endpoint {endpoint:?} has no port; {expected}"));
+    };
+    if host.is_empty() || host.contains(['/', ' ', '@']) {
+        return Err(format!(
+            "endpoint {endpoint:?} has an invalid host; {expected}"
+        ));
+    }
+    // A bare IPv6 address needs brackets, otherwise its last group would
+    // be read as the port.
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err(format!(
+            "endpoint {endpoint:?} is an IPv6 address without brackets; expected [address]:port such as [::1]:7401"
+        ));
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(endpoint.to_string()),
+        _ => Err(format!(
+            "endpoint {endpoint:?} has an invalid port {port:?}; {expected} (port 1 to 65535)"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -276,5 +365,110 @@ mod tests {
     fn missing_subcommand_is_usage_error() {
         let error = parse(&[]).expect_err("a subcommand is required");
         assert_eq!(error.exit_code(), 2);
+    }
+
+    #[test]
+    fn quorum_zero_is_rejected() {
+        for args in [
+            &["get", "k", "--r", "0"][..],
+            &["put", "k", "v", "--w", "0"],
+            &["delete", "k", "--w", "0"],
+            &["delete", "k", "--r", "0"],
+            &["get", "k", "--r", "10"],
+        ] {
+            let error = parse(args).expect_err("quorum out of range");
+            assert_eq!(error.exit_code(), 2, "{args:?}");
+            let text = error.to_string();
+            assert!(text.contains("from 1 to 9"), "{args:?}: {text}");
+        }
+        let cli = parse(&["get", "k", "--r", "9"]).expect("9 is accepted");
+        assert!(matches!(
+            cli.command,
+            Command::Get(GetArgs { r: Some(9), .. })
+        ));
+    }
+
+    #[test]
+    fn empty_context_is_rejected() {
+        let error = parse(&["put", "k", "v", "--context", ""]).expect_err("empty context");
+        assert_eq!(error.exit_code(), 2);
+        assert!(
+            error.to_string().contains("omit --context for a blind put"),
+            "{error}"
+        );
+        let error = parse(&["delete", "k", "--context", ""]).expect_err("empty context");
+        assert!(error.to_string().contains("omit --context"), "{error}");
+    }
+
+    #[test]
+    fn endpoint_must_be_host_and_port() {
+        for value in [
+            "garbage",
+            "host:",
+            ":7401",
+            "host:99999",
+            "host:0",
+            "::1:7401",
+            "a b:1",
+        ] {
+            let error = parse(&["--endpoints", value, "ring"]).expect_err(value);
+            assert_eq!(error.exit_code(), 2, "{value}");
+            let text = error.to_string();
+            assert!(
+                text.contains("host:port") || text.contains("[address]:port"),
+                "{value}: {text}"
+            );
+        }
+        let cli = parse(&[
+            "--endpoints",
+            "127.0.0.1:7401, db.example:7402,http://h:1,[::1]:7403",
+            "ring",
+        ])
+        .expect("valid endpoints");
+        assert_eq!(
+            cli.endpoints,
+            vec![
+                "127.0.0.1:7401",
+                "db.example:7402",
+                "http://h:1",
+                "[::1]:7403"
+            ]
+        );
+    }
+
+    #[test]
+    fn endpoint_error_names_value() {
+        let error = parse_endpoint("garbage").expect_err("no port");
+        assert_eq!(
+            error,
+            "endpoint \"garbage\" has no port; expected host:port such as 127.0.0.1:7401"
+        );
+    }
+
+    #[test]
+    fn import_failed_out_parses() {
+        let cli = parse(&["import", "f.tsv", "--failed-out", "failed.tsv"]).expect("valid");
+        match cli.command {
+            Command::Import(import) => {
+                assert_eq!(import.failed_out, Some(PathBuf::from("failed.tsv")));
+            }
+            other => panic!("expected import, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn positional_arguments_have_help() {
+        let mut command = Cli::command();
+        command.build();
+        for subcommand in command.get_subcommands() {
+            for argument in subcommand.get_positionals() {
+                assert!(
+                    argument.get_help().is_some(),
+                    "{} <{}> has no help text",
+                    subcommand.get_name(),
+                    argument.get_id()
+                );
+            }
+        }
     }
 }

@@ -1,11 +1,12 @@
-//! The subcommands of kv-cli other than `import`.
+//! The subcommands of kv-cli other than `import` and `wait`.
 
 use std::io::{IsTerminal, Read, Write};
 
 use anyhow::Context as _;
-use kv_client::proto::{MemberInfo, StatusResponse};
+use kv_client::proto::{MemberInfo, MembersResponse, StatusResponse};
 use kv_client::{
-    format_node_id, Client, Context, DeleteOptions, ReadOptions, ReplicaRead, WriteOptions,
+    format_node_id, parse_node_id, Client, Context, DeleteOptions, ReadOptions, ReplicaRead,
+    WriteOptions,
 };
 use serde_json::json;
 
@@ -31,6 +32,7 @@ fn print_values(label: &str, values: &[Vec<u8>]) {
 
 pub async fn get(client: &Client, args: &GetArgs, json: bool) -> anyhow::Result<()> {
     if let Some(node) = &args.replica {
+        check_replica_is_member(client, node).await?;
         let read = client.replica_read(node, &args.key).await?;
         print_replica_read(&args.key, &read, json);
         return Ok(());
@@ -90,6 +92,46 @@ pub async fn get(client: &Client, args: &GetArgs, json: bool) -> anyhow::Result<
         .into());
     }
     Ok(())
+}
+
+/// Returns true when `node` (a node id or a `host:port`) names one of
+/// `members`. Ids compare as numbers, addresses as text, so `localhost:7401`
+/// does not match a member listed as `127.0.0.1:7401`.
+pub fn is_member(members: &[MemberInfo], node: &str) -> bool {
+    let node = node.trim();
+    let id = parse_node_id(node);
+    members.iter().any(|member| {
+        member.address == node || (id.is_some() && parse_node_id(&member.node_id) == id)
+    })
+}
+
+/// Formats members as "id (address)" for messages.
+fn describe_members(members: &[MemberInfo]) -> Vec<String> {
+    members
+        .iter()
+        .map(|member| format!("{} ({})", member.node_id, member.address))
+        .collect()
+}
+
+/// Rejects a `--replica` that is not in the member list, which would
+/// otherwise fail as an unreachable node. When no node returns the member
+/// list, the check is skipped and the replica read reports the failure.
+async fn check_replica_is_member(client: &Client, node: &str) -> anyhow::Result<()> {
+    let reply = match client.members(None).await {
+        Ok(reply) => reply,
+        Err(error) => {
+            tracing::debug!(%error, "cannot fetch the member list; skipping the --replica check");
+            return Ok(());
+        }
+    };
+    if is_member(&reply.members, node) {
+        return Ok(());
+    }
+    Err(CliError::NotMember {
+        node: node.trim().to_string(),
+        members: describe_members(&reply.members),
+    }
+    .into())
 }
 
 fn print_replica_read(key: &str, read: &ReplicaRead, json: bool) {
@@ -176,8 +218,26 @@ pub async fn put(client: &Client, args: &PutArgs, json: bool) -> anyhow::Result<
     Ok(())
 }
 
+/// Returns the line printed when a delete without context found nothing.
+fn nothing_to_delete_message(key: &str) -> String {
+    format!("key {key:?} not found; nothing to delete")
+}
+
 pub async fn delete(client: &Client, args: &DeleteArgs, json: bool) -> anyhow::Result<()> {
     let context = parse_context(args.context.as_deref())?;
+    // Without a context the node deletes what its read at R returns. Read
+    // first, so a missing or already deleted key is reported instead of
+    // printing an empty context. A value written between the two reads is
+    // still deleted by the node's own read.
+    if context.is_none() {
+        let read = client
+            .get_with(&args.key, ReadOptions { r: args.r })
+            .await?;
+        if read.is_missing() {
+            print_nothing_to_delete(&args.key, &read.context, json);
+            return Ok(());
+        }
+    }
     let options = DeleteOptions {
         w: args.w,
         r: args.r,
@@ -187,6 +247,21 @@ pub async fn delete(client: &Client, args: &DeleteArgs, json: bool) -> anyhow::R
         .await?;
     print_write(&args.key, &deleted.context, &deleted.siblings, json);
     Ok(())
+}
+
+fn print_nothing_to_delete(key: &str, context: &Context, json: bool) {
+    if json {
+        let document = json!({
+            "key": key,
+            "found": false,
+            "context": context.to_base64(),
+            "siblings": [],
+            "siblings_base64": [],
+        });
+        println!("{document}");
+    } else {
+        println!("{}", nothing_to_delete_message(key));
+    }
 }
 
 fn member_state(member: &MemberInfo) -> &'static str {
@@ -199,8 +274,47 @@ fn member_state(member: &MemberInfo) -> &'static str {
     }
 }
 
-pub async fn members(client: &Client, args: &MembersArgs, json: bool) -> anyhow::Result<()> {
-    let reply = client.members(args.node.as_deref()).await?;
+/// Fetches the member list from `--node`, or else from the first endpoint
+/// that replies, in the order given. A failure that a retry may fix moves
+/// on to the next endpoint; any other failure is returned at once.
+async fn fetch_members(
+    client: &Client,
+    args: &MembersArgs,
+    endpoints: &[String],
+) -> Result<MembersResponse, kv_client::Error> {
+    if let Some(node) = &args.node {
+        return client.members(Some(node)).await;
+    }
+    let mut tried = Vec::new();
+    for endpoint in endpoints {
+        match client.members(Some(endpoint)).await {
+            Ok(reply) => return Ok(reply),
+            Err(error) if error.is_retryable() => {
+                tracing::debug!(%endpoint, %error, "endpoint did not return members; trying the next one");
+                tried.push(format!("{endpoint}: {error}"));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Err(kv_client::Error::NoReachableNode { tried })
+}
+
+/// Returns "id (address)" of the member that produced the list, or
+/// "an unnamed node" when no member is marked as itself.
+fn answering_node(reply: &MembersResponse) -> String {
+    match reply.members.iter().find(|member| member.is_self) {
+        Some(member) => format!("{} ({})", member.node_id, member.address),
+        None => "an unnamed node".into(),
+    }
+}
+
+pub async fn members(
+    client: &Client,
+    args: &MembersArgs,
+    endpoints: &[String],
+    json: bool,
+) -> anyhow::Result<()> {
+    let reply = fetch_members(client, args, endpoints).await?;
     if json {
         let members: Vec<_> = reply
             .members
@@ -231,7 +345,12 @@ pub async fn members(client: &Client, args: &MembersArgs, json: bool) -> anyhow:
         println!("{document}");
         return Ok(());
     }
-    println!("cluster {}, claimant {}", reply.cluster_id, reply.claimant);
+    println!(
+        "cluster {}, claimant {}, as seen by {}",
+        reply.cluster_id,
+        reply.claimant,
+        answering_node(&reply)
+    );
     let rows: Vec<Vec<String>> = reply
         .members
         .iter()
@@ -381,18 +500,121 @@ pub async fn status(
         }
     };
     let status = client.status(&address).await?;
-    let document = status_json(&status);
     if json {
-        println!("{document}");
+        println!("{}", status_json(&status));
         return Ok(());
     }
-    if let Some(fields) = document.as_object() {
-        for (name, value) in fields {
-            match value {
-                serde_json::Value::String(text) => println!("{name}: {text}"),
-                other => println!("{name}: {other}"),
-            }
-        }
+    for line in status_lines(&status) {
+        println!("{line}");
     }
     Ok(())
+}
+
+/// Renders a status as human-readable lines, related fields grouped.
+pub fn status_lines(status: &StatusResponse) -> Vec<String> {
+    let ring_state = if status.ring_not_ready_reason.is_empty() {
+        "ready".to_string()
+    } else {
+        format!("not ready: {}", status.ring_not_ready_reason)
+    };
+    vec![
+        format!("node: {} ({})", status.node_id, status.address),
+        format!(
+            "version: {}, up {} s",
+            status.version, status.uptime_seconds
+        ),
+        format!("cluster: {}", status.cluster_id),
+        format!("ring: {ring_state}"),
+        format!(
+            "ring version {}, {} partitions, N={} R={} W={}",
+            status.ring_version, status.partitions, status.n, status.r, status.w
+        ),
+        format!(
+            "storage: {} engine, sync {}, data dir {}",
+            status.engine, status.sync_mode, status.data_dir
+        ),
+        format!(
+            "restarts: generation {}, epoch {}, restart mark {}",
+            status.generation, status.epoch, status.restart_mark
+        ),
+        format!(
+            "requests since start: {} puts and {} gets coordinated, {} forwarded",
+            status.puts_coordinated, status.gets_coordinated, status.forwarded
+        ),
+        format!(
+            "repairs and faults since start: {} read repairs, {} corrupt records, {} dot conflicts",
+            status.read_repairs, status.corrupt_records, status.dot_conflicts
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str, address: &str) -> MemberInfo {
+        MemberInfo {
+            node_id: id.into(),
+            address: address.into(),
+            ..MemberInfo::default()
+        }
+    }
+
+    #[test]
+    fn is_member_matches_address_and_id() {
+        let members = vec![
+            member("a1", "127.0.0.1:7401"),
+            member("b2", "127.0.0.1:7402"),
+        ];
+        assert!(is_member(&members, "127.0.0.1:7402"));
+        assert!(is_member(&members, " a1 "));
+        assert!(is_member(&members, "A1"));
+        assert!(!is_member(&members, "127.0.0.1:7999"));
+        assert!(!is_member(&members, "c3"));
+    }
+
+    #[test]
+    fn answering_node_is_self_member() {
+        let mut second = member("b2", "127.0.0.1:7402");
+        second.is_self = true;
+        let reply = MembersResponse {
+            members: vec![member("a1", "127.0.0.1:7401"), second],
+            ..MembersResponse::default()
+        };
+        assert_eq!(answering_node(&reply), "b2 (127.0.0.1:7402)");
+    }
+
+    #[test]
+    fn status_lines_show_ring_ready() {
+        let status = StatusResponse::default();
+        let lines = status_lines(&status);
+        assert!(lines.contains(&"ring: ready".to_string()), "{lines:?}");
+        assert!(
+            lines
+                .iter()
+                .all(|line| !line.contains("ring_not_ready_reason")),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn status_lines_show_not_ready_reason() {
+        let status = StatusResponse {
+            ring_not_ready_reason: "waiting for 7402".into(),
+            ..StatusResponse::default()
+        };
+        let lines = status_lines(&status);
+        assert!(
+            lines.contains(&"ring: not ready: waiting for 7402".to_string()),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn nothing_to_delete_names_key() {
+        assert_eq!(
+            nothing_to_delete_message("nosuchkey"),
+            "key \"nosuchkey\" not found; nothing to delete"
+        );
+    }
 }
