@@ -584,6 +584,14 @@ impl Client {
                     tried.push(format!("{address}: {message}"));
                     self.inner.refresh_wanted.notify_one();
                 }
+                // A read can be repeated safely, so a broken connection
+                // moves it on like a timeout does; a write is not retried
+                // because it may have been applied.
+                Err(Error::Transport { address, message }) if idempotent == Idempotent::Yes => {
+                    tracing::debug!(%address, %message, "connection broke; trying the next node");
+                    tried.push(format!("{address}: {message}"));
+                    self.inner.refresh_wanted.notify_one();
+                }
                 Err(Error::DeadlineExceeded { timeout, message })
                     if idempotent == Idempotent::Yes =>
                 {
