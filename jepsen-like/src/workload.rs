@@ -80,11 +80,6 @@ pub fn set_key(index: usize) -> String {
     format!("set-{index}")
 }
 
-/// Outcome of a failed read.
-pub fn read_failure_outcome(_error: &kv_client::Error) -> Outcome {
-    Outcome::Fail
-}
-
 /// Outcome of a failed write or delete; see the module documentation.
 pub fn write_failure_outcome(error: &kv_client::Error) -> Outcome {
     use kv_client::Error as E;
@@ -201,7 +196,8 @@ impl Session {
                 Ok(result)
             }
             Err(error) => {
-                self.complete_error(&pending, read_failure_outcome(&error), &error);
+                // A failed read changed nothing a checker looks at.
+                self.complete_error(&pending, Outcome::Fail, &error);
                 Err(error)
             }
         }
@@ -253,7 +249,7 @@ impl Session {
     }
 
     /// Deletes `key` with `known`'s context and records it.
-    async fn delete(&mut self, key: &str, known: &Known) -> bool {
+    async fn delete(&mut self, key: &str, known: &Known) {
         let mut event = self.base_event(OpKind::Delete, key);
         event.context_sent = Some(known.context.to_base64());
         event.covers = Some(known.covers.clone());
@@ -262,15 +258,10 @@ impl Session {
             Ok(result) => {
                 self.recorder.complete(&pending, Outcome::Ok, |event| {
                     event.context_returned = Some(result.context.to_base64());
-                    if !result.siblings.is_empty() {
-                        event.read = Some(texts(&result.siblings));
-                    }
                 });
-                true
             }
             Err(error) => {
                 self.complete_error(&pending, write_failure_outcome(&error), &error);
-                false
             }
         }
     }
