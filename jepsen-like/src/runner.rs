@@ -215,14 +215,24 @@ pub async fn run(config: RunConfig) -> Result<RunReport, RunError> {
     let dir = create_run_dir(&config)?;
     println!("run folder: {}", dir.display());
 
-    let (tools, kinds, skipped) = prepare_tools(&config, &dir)?;
+    let (tools, kinds, mut skipped) = prepare_tools(&config, &dir)?;
     let mut cluster = start_cluster(&config, &dir, &tools).await?;
     let addresses = cluster.addresses();
     println!("cluster ready: {}", addresses.join(" "));
 
     // Clients and nemesis.
     let recorder = Arc::new(Recorder::create(&dir.join("history.jsonl"))?);
+    let fault_kinds = kinds.len();
     let windows = nemesis::schedule(&schedule_config(&config, kinds));
+    if windows.is_empty() && fault_kinds > 0 {
+        let message = format!(
+            "--time-limit {} s leaves no room for a fault window after the first healthy window (2 to 4 s) and before the final healthy one ({} s); running without faults",
+            config.time_limit.as_secs(),
+            config.healthy_secs.0
+        );
+        println!("{message}");
+        skipped.push(message);
+    }
     write_file(
         &dir.join("schedule.txt"),
         &nemesis::describe_schedule(&windows),
