@@ -51,7 +51,8 @@ pub enum NetError {
 }
 
 /// Returns why partitions are unavailable on this machine, or `None` when
-/// they are available (Linux, root, `ip` and `nft` on the PATH).
+/// they are available: Linux, root, `ip` and `nft` on the PATH, and a
+/// probe namespace can be created and deleted.
 pub fn partitions_unavailable_reason() -> Option<String> {
     if !cfg!(target_os = "linux") {
         return Some("network partitions need Linux network namespaces".into());
@@ -65,6 +66,19 @@ pub fn partitions_unavailable_reason() -> Option<String> {
         if which(tool).is_none() {
             return Some(format!("the {tool} command is not installed"));
         }
+    }
+
+    // Root in a container may still lack CAP_SYS_ADMIN, so try it once.
+    let probe = format!(
+        "kvp{}{:02x}",
+        std::process::id() % 1_000_000,
+        rand::random::<u8>()
+    );
+    if let Err(error) = run(&["ip", "netns", "add", &probe]) {
+        return Some(format!("cannot create a network namespace: {error}"));
+    }
+    if let Err(error) = run(&["ip", "netns", "del", &probe]) {
+        tracing::error!(namespace = %probe, %error, "cannot delete the probe namespace");
     }
     None
 }
