@@ -35,8 +35,10 @@ impl SledEngine {
         let db = loop {
             match sled::Config::new().path(path).open() {
                 Ok(db) => break db,
+                // sled 0.34 reports the lock failure as an error of kind
+                // Other whose text starts with "could not acquire lock".
                 Err(sled::Error::Io(error))
-                    if error.kind() == std::io::ErrorKind::WouldBlock
+                    if error.to_string().starts_with("could not acquire lock")
                         && std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(20));
