@@ -1,0 +1,430 @@
+//! Drives a workload: `concurrency` tasks, each with one request in flight,
+//! share an operation counter, a time limit and an optional target rate.
+//!
+//! Invariants:
+//! - A run ends at the first of its limits: the operation count (for `load`,
+//!   the record count) or the time limit. No new request starts after the
+//!   time limit; requests already in flight finish and are counted.
+//! - With a target rate, operation `i` does not start before
+//!   `start + i / rate`, so the rate holds across tasks. Latency is measured
+//!   from the moment a request is sent, not from its scheduled start, so a
+//!   cluster that falls behind the target rate shows it in the throughput
+//!   rather than in the latencies.
+//! - Every failed operation is counted under its `kv_client::Error` variant;
+//!   the first failure of each variant is also logged with its message.
+//!
+//! Updates in workloads A and B send the context of the key's last read or
+//! write in this run, the way an application that keeps contexts writes.
+//! NOTE: the first update of a key that this run has not read yet has no
+//! context, so it adds a sibling next to the loaded value instead of
+//! replacing it. The next read returns both values and its context
+//! supersedes them, so such keys carry at most one extra sibling.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kv_client::{Client, Context, Error, ReadOptions, WriteOptions};
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::report::Recorder;
+use crate::workload::{key_name, Distribution, KeyChooser, OpKind, Workload};
+
+/// Number of lock shards of the context cache.
+const CONTEXT_SHARDS: usize = 64;
+
+/// Everything a run needs besides the client.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub workload: Workload,
+    /// Keys loaded before the run (for `load`, keys to insert).
+    pub records: u64,
+    pub value_bytes: usize,
+    /// Requests in flight, one per task.
+    pub concurrency: usize,
+    /// Operations to issue; `None` runs until the time limit.
+    pub operations: Option<u64>,
+    /// Time after which no new request starts.
+    pub time_limit: Duration,
+    /// Operations per second across all tasks; 0 means unlimited.
+    pub target_rate: u64,
+    pub distribution: Distribution,
+    pub seed: u64,
+    pub read_options: ReadOptions,
+    pub write_options: WriteOptions,
+}
+
+impl Plan {
+    /// Returns the operation limit: the record count for `load`, else
+    /// `operations` (unbounded when `None`).
+    fn operation_limit(&self) -> u64 {
+        match self.workload {
+            Workload::Load => self.records,
+            _ => self.operations.unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// Outcome of [`run`].
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub recorder: Recorder,
+    /// Time from the start of the first task to the end of the last.
+    pub elapsed: Duration,
+    /// `records`, `operations` or `duration`: the limit that ended the run.
+    pub stopped_by: &'static str,
+}
+
+/// Last known context of each key, shared by the tasks.
+struct ContextCache {
+    shards: Vec<Mutex<HashMap<u64, Context>>>,
+}
+
+impl ContextCache {
+    fn new() -> ContextCache {
+        ContextCache {
+            shards: (0..CONTEXT_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+        }
+    }
+
+    fn shard(&self, key: u64) -> &Mutex<HashMap<u64, Context>> {
+        &self.shards[(key % CONTEXT_SHARDS as u64) as usize]
+    }
+
+    fn get(&self, key: u64) -> Option<Context> {
+        // A poisoned shard only means another task panicked; its map is
+        // still usable.
+        let shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
+        shard.get(&key).cloned()
+    }
+
+    fn store(&self, key: u64, context: Context) {
+        if context.is_empty() {
+            return;
+        }
+        let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
+        shard.insert(key, context);
+    }
+}
+
+/// State shared by every task of a run.
+struct Shared {
+    plan: Plan,
+    client: Client,
+    start: Instant,
+    deadline: Instant,
+    operation_limit: u64,
+    /// Operations handed out so far, including those not started yet.
+    issued: AtomicU64,
+    /// Next key number an insert writes.
+    next_insert: AtomicU64,
+    /// Keys that exist: the records plus the acknowledged inserts.
+    existing_keys: AtomicU64,
+    ok: AtomicU64,
+    failed: AtomicU64,
+    /// Set once the time limit stopped a task.
+    timed_out: AtomicBool,
+    /// Error variants already logged once.
+    logged_errors: Mutex<HashSet<&'static str>>,
+    /// Present for workloads with updates.
+    contexts: Option<ContextCache>,
+}
+
+/// Returns the report name of a client error's variant.
+pub fn error_kind(error: &Error) -> &'static str {
+    match error {
+        Error::InvalidArgument { .. } => "invalid_argument",
+        Error::Unavailable { .. } => "unavailable",
+        Error::QuorumFailed { .. } => "quorum_failed",
+        Error::DeadlineExceeded { .. } => "deadline_exceeded",
+        Error::FailedPrecondition { .. } => "failed_precondition",
+        Error::ResourceExhausted { .. } => "resource_exhausted",
+        Error::NoReachableNode { .. } => "no_reachable_node",
+        Error::InvalidEndpoint { .. } => "invalid_endpoint",
+        Error::Transport { .. } => "transport",
+        Error::Protocol { .. } => "protocol",
+        Error::Server { .. } => "server",
+    }
+}
+
+/// Runs `plan` against `client`, printing a progress line to stderr about
+/// once per second, and returns the merged latencies and errors.
+pub async fn run(client: Client, plan: Plan) -> RunOutcome {
+    let start = Instant::now();
+    let needs_contexts = plan
+        .workload
+        .mix()
+        .iter()
+        .any(|(kind, _)| *kind == OpKind::Update);
+    let first_insert = match plan.workload {
+        Workload::Load => 0,
+        _ => plan.records,
+    };
+    let shared = Arc::new(Shared {
+        operation_limit: plan.operation_limit(),
+        deadline: start + plan.time_limit,
+        start,
+        issued: AtomicU64::new(0),
+        next_insert: AtomicU64::new(first_insert),
+        existing_keys: AtomicU64::new(plan.records),
+        ok: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        timed_out: AtomicBool::new(false),
+        logged_errors: Mutex::new(HashSet::new()),
+        contexts: needs_contexts.then(ContextCache::new),
+        client,
+        plan,
+    });
+
+    // Build the zipfian tables once; each task clones them.
+    let chooser = KeyChooser::new(
+        shared.plan.workload,
+        shared.plan.distribution,
+        shared.plan.records.max(1),
+    );
+
+    let progress = tokio::spawn(print_progress(Arc::clone(&shared)));
+    let mut tasks = Vec::with_capacity(shared.plan.concurrency);
+    for task_index in 0..shared.plan.concurrency {
+        let rng = ChaCha8Rng::seed_from_u64(shared.plan.seed.wrapping_add(task_index as u64));
+        tasks.push(tokio::spawn(run_task(
+            Arc::clone(&shared),
+            chooser.clone(),
+            rng,
+        )));
+    }
+
+    let mut recorder = Recorder::new();
+    for task in tasks {
+        match task.await {
+            Ok(task_recorder) => recorder.merge(&task_recorder),
+            Err(error) => tracing::error!(%error, "a benchmark task panicked; its counts are lost"),
+        }
+    }
+    let elapsed = start.elapsed();
+    progress.abort();
+
+    let stopped_by = if shared.timed_out.load(Ordering::Relaxed) {
+        "duration"
+    } else if shared.plan.workload == Workload::Load {
+        "records"
+    } else {
+        "operations"
+    };
+    RunOutcome {
+        recorder,
+        elapsed,
+        stopped_by,
+    }
+}
+
+/// Prints operations so far, the rate of the last second and the failures.
+async fn print_progress(shared: Arc<Shared>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    let mut previous_ok = 0;
+    let mut previous_at = Instant::now();
+    loop {
+        ticker.tick().await;
+        let now = Instant::now();
+        let ok = shared.ok.load(Ordering::Relaxed);
+        let failed = shared.failed.load(Ordering::Relaxed);
+        let interval = now.duration_since(previous_at).as_secs_f64();
+        let recent_rate = (ok - previous_ok) as f64 / interval.max(1e-6);
+        let total_secs = now.duration_since(shared.start).as_secs_f64();
+        eprintln!(
+            "[{total_secs:>5.0} s] {ok} ok, {failed} failed, {recent_rate:.0} ops/s now, {:.0} ops/s average",
+            ok as f64 / total_secs.max(1e-6)
+        );
+        previous_ok = ok;
+        previous_at = now;
+    }
+}
+
+/// Issues operations one at a time until a limit is reached.
+async fn run_task(shared: Arc<Shared>, mut chooser: KeyChooser, mut rng: ChaCha8Rng) -> Recorder {
+    let mut recorder = Recorder::new();
+    let mut value = vec![0u8; shared.plan.value_bytes];
+    loop {
+        if Instant::now() >= shared.deadline {
+            shared.timed_out.store(true, Ordering::Relaxed);
+            break;
+        }
+        let index = shared.issued.fetch_add(1, Ordering::Relaxed);
+        if index >= shared.operation_limit {
+            break;
+        }
+        if shared.plan.target_rate > 0 {
+            let offset = Duration::from_secs_f64(index as f64 / shared.plan.target_rate as f64);
+            let scheduled = shared.start + offset;
+            if scheduled >= shared.deadline {
+                shared.timed_out.store(true, Ordering::Relaxed);
+                break;
+            }
+            tokio::time::sleep_until(scheduled.into()).await;
+        }
+
+        let kind = shared.plan.workload.choose_op(&mut rng);
+        rng.fill_bytes(&mut value);
+        let result =
+            run_operation(&shared, kind, &mut chooser, &mut rng, &value, &mut recorder).await;
+        match result {
+            Ok(()) => {
+                shared.ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                shared.failed.fetch_add(1, Ordering::Relaxed);
+                let error_kind = error_kind(&error);
+                recorder.record_error(kind, error_kind);
+                log_first_error(&shared, kind, error_kind, &error);
+            }
+        }
+    }
+    recorder
+}
+
+/// Logs the first failure of each error variant, so a run that fails
+/// thousands of times prints one line per cause.
+fn log_first_error(shared: &Shared, kind: OpKind, error_kind: &'static str, error: &Error) {
+    let mut logged = shared
+        .logged_errors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if logged.insert(error_kind) {
+        tracing::warn!(op = kind.name(), error_kind, %error, "operation failed; later failures of this kind are only counted");
+    }
+}
+
+/// Runs one operation of `kind` and records its latency on success.
+async fn run_operation(
+    shared: &Shared,
+    kind: OpKind,
+    chooser: &mut KeyChooser,
+    rng: &mut ChaCha8Rng,
+    value: &[u8],
+    recorder: &mut Recorder,
+) -> Result<(), Error> {
+    let client = &shared.client;
+    let plan = &shared.plan;
+    match kind {
+        OpKind::Read => {
+            let key = chooser.next_key(existing_keys(shared), rng);
+            let started = Instant::now();
+            let read = client.get_with(key_name(key), plan.read_options).await?;
+            recorder.record_success(kind, started.elapsed());
+            if read.is_missing() {
+                recorder.record_missing_read();
+            }
+            if let Some(contexts) = &shared.contexts {
+                contexts.store(key, read.context);
+            }
+        }
+        OpKind::Update => {
+            let key = chooser.next_key(existing_keys(shared), rng);
+            let context = shared
+                .contexts
+                .as_ref()
+                .and_then(|contexts| contexts.get(key));
+            let started = Instant::now();
+            let written = client
+                .put_with(key_name(key), value, context.as_ref(), plan.write_options)
+                .await?;
+            recorder.record_success(kind, started.elapsed());
+            if let Some(contexts) = &shared.contexts {
+                contexts.store(key, written.context);
+            }
+        }
+        OpKind::Insert => {
+            let key = shared.next_insert.fetch_add(1, Ordering::Relaxed);
+            let started = Instant::now();
+            client
+                .put_with(key_name(key), value, None, plan.write_options)
+                .await?;
+            recorder.record_success(kind, started.elapsed());
+            if plan.workload != Workload::Load {
+                shared.existing_keys.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        OpKind::ReadModifyWrite => {
+            let key = chooser.next_key(existing_keys(shared), rng);
+            let name = key_name(key);
+            let started = Instant::now();
+            let read = client.get_with(&name, plan.read_options).await?;
+            let read_done = Instant::now();
+            recorder.record_part(OpKind::Read, read_done - started);
+            if read.is_missing() {
+                recorder.record_missing_read();
+            }
+            client
+                .put_with(&name, value, Some(&read.context), plan.write_options)
+                .await?;
+            recorder.record_part(OpKind::Update, read_done.elapsed());
+            recorder.record_success(kind, started.elapsed());
+        }
+        OpKind::Ping => {
+            let started = Instant::now();
+            client.ping().await?;
+            recorder.record_success(kind, started.elapsed());
+        }
+    }
+    Ok(())
+}
+
+/// Returns the number of keys reads may pick from, at least 1.
+///
+/// NOTE: in workload D this counts acknowledged inserts, but inserts are
+/// acknowledged out of order, so the newest key number can belong to an
+/// insert still in flight. Such a read finds no value and is counted in
+/// `missing_reads`.
+fn existing_keys(shared: &Shared) -> u64 {
+    shared.existing_keys.load(Ordering::Relaxed).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_cache_keeps_last_context() {
+        let cache = ContextCache::new();
+        assert!(cache.get(7).is_none());
+        cache.store(7, Context::from_bytes(vec![1, 2]));
+        cache.store(7, Context::from_bytes(vec![3]));
+        assert_eq!(cache.get(7).map(Context::into_bytes), Some(vec![3]));
+    }
+
+    #[test]
+    fn context_cache_ignores_empty_context() {
+        let cache = ContextCache::new();
+        cache.store(1, Context::from_bytes(vec![9]));
+        cache.store(1, Context::from_bytes(Vec::new()));
+        assert_eq!(cache.get(1).map(Context::into_bytes), Some(vec![9]));
+    }
+
+    #[test]
+    fn load_limit_is_record_count() {
+        let plan = Plan {
+            workload: Workload::Load,
+            records: 500,
+            value_bytes: 10,
+            concurrency: 1,
+            operations: Some(3),
+            time_limit: Duration::from_secs(1),
+            target_rate: 0,
+            distribution: Distribution::Uniform,
+            seed: 0,
+            read_options: ReadOptions::default(),
+            write_options: WriteOptions::default(),
+        };
+        assert_eq!(plan.operation_limit(), 500);
+        let run_plan = Plan {
+            workload: Workload::C,
+            ..plan
+        };
+        assert_eq!(run_plan.operation_limit(), 3);
+    }
+}
