@@ -1,10 +1,10 @@
 //! `kv-bench`: YCSB-style load generator for ringkv.
 //!
-//! Runs one workload (a pure-insert `load` phase, YCSB core workloads A, B,
-//! C, D and F, or bare `Ping` RPCs) through `kv-client` against the nodes
-//! in `--endpoints`, prints a progress line to stderr about once per second,
-//! and ends with throughput and latency percentiles per operation kind, as
-//! a text table or as JSON (`--json`).
+//! Runs one workload through `kv-client` against the nodes in
+//! `--endpoints`: a pure-insert `load` phase, YCSB core workloads A, B, C, D
+//! and F, or bare `Ping` RPCs. It prints a progress line to stderr about once
+//! per second and ends with throughput and latency percentiles per operation
+//! kind, as a text table or as JSON (`--json`).
 //!
 //! Every run is bounded: `load` by `--records`, the others by
 //! `--operations` or `--duration-secs`, and all of them by `--max-secs`.

@@ -1,9 +1,9 @@
 //! Latency recording and the final report.
 //!
-//! Each worker task owns a [`Recorder`]: one HDR histogram of successful
-//! latencies per operation kind, in microseconds with 3 significant digits
-//! from 1 µs to 60 s (longer latencies are recorded as 60 s), plus counts of
-//! failed operations per kind and error kind. The run merges the recorders
+//! Each worker task owns a [`Recorder`] with one HDR histogram of successful
+//! latencies per operation kind and counts of failed operations per kind and
+//! error kind. Histograms store microseconds with 3 significant digits from
+//! 1 µs to 60 s, and longer latencies are recorded as 60 s. The run merges the recorders
 //! into a [`Report`], printed as a text table or as JSON.
 //!
 //! Throughput counts successful operations only. Failed operations appear

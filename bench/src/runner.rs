@@ -6,7 +6,7 @@
 //!   the record count) or the time limit. No new request starts after the
 //!   time limit; requests already in flight finish and are counted.
 //! - With a target rate, operation `i` does not start before
-//!   `start + i / rate`, so the rate holds across tasks. Latency is measured
+//!   `start + i / rate`, so the rate applies to all tasks together. Latency is measured
 //!   from the moment a request is sent, not from its scheduled start, so a
 //!   cluster that falls behind the target rate shows it in the throughput
 //!   rather than in the latencies.

@@ -6,7 +6,7 @@
 //! constant is 0.99 ([`ZIPFIAN_CONSTANT`]), the YCSB default.
 //!
 //! Invariants: every draw is below the current item count, and the
-//! generator holds no random state, so a caller that seeds its own RNG gets
+//! generator has no random state, so a caller that seeds its own RNG gets
 //! a deterministic sequence.
 //!
 //! Known limits: ranks are used as key numbers without YCSB's hash
@@ -38,8 +38,8 @@ fn zeta_range(from: u64, to: u64, theta: f64) -> f64 {
 
 impl Zipfian {
     /// Creates the distribution over `item_count` ranks with
-    /// [`ZIPFIAN_CONSTANT`]. Takes time linear in `item_count` (about 20 ms
-    /// per million items), so build it once and clone it.
+    /// [`ZIPFIAN_CONSTANT`]. Takes time linear in `item_count`, so build it
+    /// once and clone it.
     ///
     /// # Panics
     /// When `item_count` is 0; callers check their record count first.
