@@ -387,6 +387,243 @@ fn existing_keys(shared: &Shared) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::{Report, RunSettings};
+    use kv_client::proto::kv_server::{Kv, KvServer};
+    use kv_client::proto::{
+        DeleteRequest, DeleteResponse, GetRequest, GetResponse, PingRequest, PingResponse,
+        PutRequest, PutResponse,
+    };
+    use kv_client::{ClientOptions, ERROR_METADATA_KEY, QUORUM_ERROR};
+    use tonic::metadata::MetadataMap;
+    use tonic::transport::server::TcpIncoming;
+    use tonic::{Code, Request, Response, Status};
+
+    /// In-process `Kv` service on 127.0.0.1 that stores nothing: gets
+    /// return one value, puts succeed or fail with a quorum error.
+    #[derive(Default)]
+    struct FakeKv {
+        fail_puts: bool,
+        gets: AtomicU64,
+        puts: AtomicU64,
+    }
+
+    struct FakeService(Arc<FakeKv>);
+
+    #[tonic::async_trait]
+    impl Kv for FakeService {
+        async fn get(
+            &self,
+            _request: Request<GetRequest>,
+        ) -> Result<Response<GetResponse>, Status> {
+            self.0.gets.fetch_add(1, Ordering::SeqCst);
+            Ok(Response::new(GetResponse {
+                values: vec![b"value".to_vec()],
+                context: vec![1],
+            }))
+        }
+
+        async fn put(
+            &self,
+            _request: Request<PutRequest>,
+        ) -> Result<Response<PutResponse>, Status> {
+            self.0.puts.fetch_add(1, Ordering::SeqCst);
+            if self.0.fail_puts {
+                let mut metadata = MetadataMap::new();
+                metadata.insert(
+                    ERROR_METADATA_KEY,
+                    QUORUM_ERROR.parse().expect("ascii value"),
+                );
+                return Err(Status::with_metadata(
+                    Code::Unavailable,
+                    "1 of 2 required replicas acknowledged",
+                    metadata,
+                ));
+            }
+            Ok(Response::new(PutResponse {
+                context: vec![2],
+                siblings: Vec::new(),
+            }))
+        }
+
+        async fn delete(
+            &self,
+            _request: Request<DeleteRequest>,
+        ) -> Result<Response<DeleteResponse>, Status> {
+            Err(Status::unimplemented("kv-bench never deletes"))
+        }
+
+        async fn ping(
+            &self,
+            _request: Request<PingRequest>,
+        ) -> Result<Response<PingResponse>, Status> {
+            Ok(Response::new(PingResponse {}))
+        }
+    }
+
+    /// Starts a fake node and returns a client connected to it.
+    async fn start_fake(fail_puts: bool) -> (Client, Arc<FakeKv>) {
+        let fake = Arc::new(FakeKv {
+            fail_puts,
+            ..FakeKv::default()
+        });
+        let incoming = TcpIncoming::bind("127.0.0.1:0".parse().expect("valid address"))
+            .expect("bind loopback");
+        let address = incoming.local_addr().expect("bound address");
+        let service = KvServer::new(FakeService(Arc::clone(&fake)));
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        let options = ClientOptions {
+            request_timeout: Duration::from_secs(5),
+            ..ClientOptions::default()
+        };
+        let client = Client::connect_with(&[address.to_string()], options)
+            .await
+            .expect("client starts");
+        (client, fake)
+    }
+
+    fn plan(workload: Workload) -> Plan {
+        Plan {
+            workload,
+            records: 50,
+            value_bytes: 16,
+            concurrency: 4,
+            operations: None,
+            time_limit: Duration::from_secs(10),
+            target_rate: 0,
+            distribution: Distribution::Zipfian,
+            seed: 3,
+            read_options: ReadOptions::default(),
+            write_options: WriteOptions::default(),
+        }
+    }
+
+    fn report(outcome: &RunOutcome) -> Report {
+        let settings = RunSettings {
+            workload: "test".into(),
+            endpoints: Vec::new(),
+            records: 50,
+            value_bytes: 16,
+            concurrency: 4,
+            distribution: "zipfian".into(),
+            target_rate: 0,
+            seed: 3,
+            r: None,
+            w: None,
+        };
+        Report::new(
+            settings,
+            &outcome.recorder,
+            outcome.elapsed,
+            outcome.stopped_by,
+        )
+    }
+
+    #[tokio::test]
+    async fn run_load_inserts_every_record() {
+        let (client, fake) = start_fake(false).await;
+        let outcome = run(client, plan(Workload::Load)).await;
+        let report = report(&outcome);
+        assert_eq!(outcome.stopped_by, "records");
+        assert_eq!(fake.puts.load(Ordering::SeqCst), 50);
+        assert_eq!(report.total_ok, 50);
+        assert_eq!(report.total_errors, 0);
+    }
+
+    #[tokio::test]
+    async fn run_failed_updates_not_in_throughput() {
+        let (client, fake) = start_fake(true).await;
+        let outcome = run(
+            client,
+            Plan {
+                operations: Some(200),
+                ..plan(Workload::A)
+            },
+        )
+        .await;
+        let report = report(&outcome);
+        let gets = fake.gets.load(Ordering::SeqCst);
+        let puts = fake.puts.load(Ordering::SeqCst);
+        assert_eq!(outcome.stopped_by, "operations");
+        assert_eq!(gets + puts, 200);
+        assert_eq!(report.total_ok, gets);
+        assert_eq!(report.total_errors, puts);
+        assert_eq!(report.errors.len(), 1);
+        assert_eq!(report.errors[0].op, "update");
+        assert_eq!(report.errors[0].kind, "quorum_failed");
+    }
+
+    #[tokio::test]
+    async fn run_rmw_counts_one_operation() {
+        let (client, fake) = start_fake(false).await;
+        let outcome = run(
+            client,
+            Plan {
+                operations: Some(100),
+                ..plan(Workload::F)
+            },
+        )
+        .await;
+        let report = report(&outcome);
+        let puts = fake.puts.load(Ordering::SeqCst);
+        let rmw = report
+            .operations
+            .iter()
+            .find(|op| op.op == "read-modify-write")
+            .expect("read-modify-writes ran");
+        assert_eq!(report.total_ok, 100);
+        assert_eq!(rmw.count, puts);
+        assert_eq!(fake.gets.load(Ordering::SeqCst), 100);
+    }
+
+    #[tokio::test]
+    async fn run_stops_at_time_limit() {
+        let (client, _fake) = start_fake(false).await;
+        let outcome = run(
+            client,
+            Plan {
+                time_limit: Duration::from_millis(300),
+                ..plan(Workload::Ping)
+            },
+        )
+        .await;
+        assert_eq!(outcome.stopped_by, "duration");
+        assert!(
+            outcome.elapsed >= Duration::from_millis(300),
+            "elapsed {:?}",
+            outcome.elapsed
+        );
+        assert!(
+            outcome.elapsed < Duration::from_secs(5),
+            "elapsed {:?}",
+            outcome.elapsed
+        );
+    }
+
+    #[tokio::test]
+    async fn run_target_rate_paces_requests() {
+        let (client, fake) = start_fake(false).await;
+        let outcome = run(
+            client,
+            Plan {
+                operations: Some(21),
+                target_rate: 100,
+                ..plan(Workload::C)
+            },
+        )
+        .await;
+        // Operation 20 may not start before 20 / 100 s = 200 ms.
+        assert!(
+            outcome.elapsed >= Duration::from_millis(200),
+            "elapsed {:?}",
+            outcome.elapsed
+        );
+        assert_eq!(fake.gets.load(Ordering::SeqCst), 21);
+    }
 
     #[test]
     fn context_cache_keeps_last_context() {
