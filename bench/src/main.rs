@@ -31,7 +31,7 @@ use crate::workload::{Distribution, Workload};
 
 /// YCSB-style benchmark of a ringkv cluster.
 #[derive(Debug, Parser)]
-#[command(name = "kv-bench", version)]
+#[command(name = "kv-bench", version, after_help = EXIT_STATUS_HELP)]
 struct Args {
     /// Nodes to contact, comma-separated host:port; the client learns the
     /// rest of the cluster from them.
@@ -56,8 +56,9 @@ struct Args {
     #[arg(long, value_name = "REQUESTS", default_value_t = 64)]
     concurrency: usize,
 
-    /// Run time in seconds when --operations is not given; with
-    /// --operations the run also stops at this time if it is given.
+    /// Run time in seconds; 30 when neither this nor --operations is given.
+    /// With --operations, and for `load`, the run stops at the count or at
+    /// this time, whichever comes first.
     #[arg(long, value_name = "SECONDS")]
     duration_secs: Option<u64>,
 
@@ -104,6 +105,10 @@ struct Args {
     #[arg(long)]
     json: bool,
 }
+
+/// Exit statuses, shown at the end of `--help`.
+const EXIT_STATUS_HELP: &str = "Exit status: 0 when at least one operation succeeded, \
+1 when none did or the client could not start, 2 for invalid flags.";
 
 /// Default run time when neither --operations nor --duration-secs is given.
 const DEFAULT_DURATION_SECS: u64 = 30;
