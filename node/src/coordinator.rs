@@ -50,7 +50,7 @@ pub struct ReadResult {
     pub state: State,
 }
 
-/// Replica reads in flight: (replica, digest only, answer).
+/// Replica reads in flight: (replica, digest only, reply).
 type PendingReads =
     FuturesUnordered<futures::future::BoxFuture<'static, (NodeId, bool, Result<Answer, String>)>>;
 
@@ -108,6 +108,18 @@ impl Node {
             Some(address) => format!("{} ({address})", format_node_id(id)),
             None => format_node_id(id),
         }
+    }
+
+    /// Formats the replicas that failed a quorum for an error message.
+    fn describe_failures(&self, failures: &BTreeMap<NodeId, String>) -> String {
+        if failures.is_empty() {
+            return "no reply before the request timeout".to_string();
+        }
+        let detail: Vec<String> = failures
+            .iter()
+            .map(|(peer, reason)| format!("{}: {reason}", self.describe_node(*peer)))
+            .collect();
+        detail.join("; ")
     }
 
     /// Preference list of a key in the current ring.
@@ -236,15 +248,7 @@ impl Node {
         }
 
         if acks < w {
-            let detail: Vec<String> = failures
-                .iter()
-                .map(|(peer, reason)| format!("{}: {reason}", self.describe_node(*peer)))
-                .collect();
-            let detail = if detail.is_empty() {
-                "no reply before the request timeout".to_string()
-            } else {
-                detail.join("; ")
-            };
+            let detail = self.describe_failures(&failures);
             return Err(RequestError::Quorum(format!(
                 "write quorum not reached: {acks} of W={w} acknowledgements ({detail}). The write may still have been applied on some replicas; read the key before retrying"
             )));
@@ -395,7 +399,8 @@ impl Node {
             answers.insert(me, answer);
         }
 
-        // Up replicas first: they are the ones likely to answer.
+        // Replicas the failure detector considers up go first, because they are
+        // likely to reply.
         let mut others: Vec<NodeId> = list.iter().copied().filter(|id| *id != me).collect();
         others.sort_by_key(|id| !self.view.is_up(*id));
         let mut spare: std::collections::VecDeque<NodeId> = others.iter().copied().collect();
@@ -459,15 +464,7 @@ impl Node {
 
         if states_counted < r {
             self.spawn_read_repair(key, answers, pending);
-            let detail: Vec<String> = failures
-                .iter()
-                .map(|(peer, reason)| format!("{}: {reason}", self.describe_node(*peer)))
-                .collect();
-            let detail = if detail.is_empty() {
-                "no reply before the request timeout".to_string()
-            } else {
-                detail.join("; ")
-            };
+            let detail = self.describe_failures(&failures);
             return Err(RequestError::Quorum(format!(
                 "read quorum not reached: {states_counted} of R={r} replicas returned a readable state ({detail})"
             )));
