@@ -29,17 +29,10 @@ impl FjallEngine {
         let db = Database::builder(path)
             .open()
             .map_err(|source| engine_error("open database", path, source))?;
-        let mut keyspaces = Vec::with_capacity(Space::ALL.len());
-        for space in Space::ALL {
-            let keyspace = db
-                .keyspace(space.name(), KeyspaceCreateOptions::default)
-                .map_err(|source| engine_error("open keyspace", path, source))?;
-            keyspaces.push(keyspace);
-        }
-        let keyspaces: [Keyspace; 4] = match keyspaces.try_into() {
-            Ok(array) => array,
-            Err(_) => unreachable!("one keyspace is opened per space"),
-        };
+        let keyspaces = crate::open_per_space(|space| {
+            db.keyspace(space.name(), KeyspaceCreateOptions::default)
+                .map_err(|source| engine_error("open keyspace", path, source))
+        })?;
         Ok(FjallEngine {
             db,
             keyspaces,

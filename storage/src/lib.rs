@@ -175,6 +175,13 @@ pub trait Engine: Send + Sync + 'static {
     fn is_empty(&self, space: Space) -> Result<bool, StorageError>;
 }
 
+/// Opens one engine handle (keyspace or tree) per space, indexed like
+/// `Space::ALL`.
+pub(crate) fn open_per_space<T, E>(open: impl FnMut(Space) -> Result<T, E>) -> Result<[T; 4], E> {
+    let [data, hints, intents, meta] = Space::ALL.map(open);
+    Ok([data?, hints?, intents?, meta?])
+}
+
 /// Opens (creating if needed) the engine of `kind` in `dir`.
 ///
 /// The engine's files go under `dir/fjall` or `dir/sled`, and `dir/LOCK` is

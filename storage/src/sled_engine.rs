@@ -46,17 +46,10 @@ impl SledEngine {
                 Err(source) => return Err(engine_error("open database", path, source)),
             }
         };
-        let mut trees = Vec::with_capacity(Space::ALL.len());
-        for space in Space::ALL {
-            let tree = db
-                .open_tree(space.name())
-                .map_err(|source| engine_error("open tree", path, source))?;
-            trees.push(tree);
-        }
-        let trees: [Tree; 4] = match trees.try_into() {
-            Ok(array) => array,
-            Err(_) => unreachable!("one tree is opened per space"),
-        };
+        let trees = crate::open_per_space(|space| {
+            db.open_tree(space.name())
+                .map_err(|source| engine_error("open tree", path, source))
+        })?;
         Ok(SledEngine {
             db,
             trees,
