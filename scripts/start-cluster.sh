@@ -77,7 +77,7 @@ for i in $(seq 1 "$NODES"); do
     if (( i == 1 )); then
         # Let the first node create the cluster before the others ask it.
         if ! "$BIN/kv-cli" --endpoints "$FIRST" wait --nodes 1 --timeout-secs 30 >/dev/null; then
-            echo "error: node 1 ($FIRST) did not start; the end of .cluster/node-1.log says:" >&2
+            echo "error: node 1 ($FIRST) did not start; last lines of .cluster/node-1.log:" >&2
             tail -n 3 "$STATE/node-1.log" >&2
             exit 1
         fi
@@ -92,7 +92,7 @@ until "$BIN/kv-cli" --endpoints "$(IFS=,; echo "${ENDPOINTS[*]}")" wait --nodes 
     for i in $(seq 1 "$NODES"); do
         pid="$(cat "$STATE/node-$i.pid" 2>/dev/null || true)"
         if [[ -z "$pid" ]] || ! kill -0 "$pid" 2>/dev/null; then
-            echo "error: node $i (${ENDPOINTS[$((i - 1))]}) exited; the end of .cluster/node-$i.log says:" >&2
+            echo "error: node $i (${ENDPOINTS[$((i - 1))]}) exited; last lines of .cluster/node-$i.log:" >&2
             tail -n 3 "$STATE/node-$i.log" >&2
             rm -f "$STATE/node-$i.pid"
             exit 1

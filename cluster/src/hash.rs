@@ -3,12 +3,12 @@
 
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
-/// The 64-bit ring position of a key.
+/// Returns the 64-bit ring position of a key.
 pub fn key_hash(key: &[u8]) -> u64 {
     xxh3_64(key)
 }
 
-/// The partition of a ring position when the ring has `partitions`
+/// Returns the partition of a ring position when the ring has `partitions`
 /// partitions, a power of two: the top log2(partitions) bits of the hash.
 pub fn partition_of(hash: u64, partitions: u32) -> u32 {
     debug_assert!(partitions.is_power_of_two());
@@ -20,7 +20,7 @@ pub fn partition_of(hash: u64, partitions: u32) -> u32 {
     }
 }
 
-/// The storage key of a user key: its hash, big-endian, then the key, so that
+/// Returns the storage key of a user key: its hash, big-endian, then the key, so that
 /// every partition is one contiguous range in an ordered engine.
 pub fn storage_key(key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + key.len());
@@ -29,7 +29,7 @@ pub fn storage_key(key: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The half-open storage-key range `[start, end)` of a partition; `end` is
+/// Returns the half-open storage-key range `[start, end)` of a partition; `end` is
 /// `None` for the last partition.
 pub fn partition_range(partition: u32, partitions: u32) -> (Vec<u8>, Option<Vec<u8>>) {
     let bits = partitions.trailing_zeros();
@@ -44,7 +44,7 @@ pub fn partition_range(partition: u32, partitions: u32) -> (Vec<u8>, Option<Vec<
     (start.to_be_bytes().to_vec(), end)
 }
 
-/// A 128-bit digest of bytes (xxh3-128).
+/// Returns the 128-bit digest (xxh3-128) of bytes.
 pub fn digest128(bytes: &[u8]) -> u128 {
     xxh3_128(bytes)
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 /// A ringkv database node.
 ///
 /// A node started without --seeds on an empty data directory creates a new
-/// cluster. A node started with --seeds asks a seed for the ring and joins
+/// cluster. A node started with --seeds requests the ring from a seed and joins
 /// that cluster. A node whose data directory already holds a ring rejoins
 /// its cluster and never creates a new one.
 #[derive(Parser, Debug, Clone)]
@@ -77,7 +77,7 @@ pub struct Config {
     pub max_value_bytes: usize,
 
     /// Largest number of siblings (tombstones included) a put may leave on a
-    /// key; a put over it fails and asks the client to resolve first.
+    /// key; a put over it fails, and the client must resolve siblings first.
     #[arg(long, default_value_t = 100)]
     pub max_siblings: usize,
 

@@ -114,7 +114,7 @@ fn encode_u64s(values: &[u64]) -> Vec<u8> {
     record::encode(&payload)
 }
 
-/// A write op of one u64 metadata value.
+/// Builds the write op of one u64 metadata value.
 pub fn u64_op(name: &'static [u8], value: u64) -> WriteOp {
     WriteOp {
         space: Space::Meta,
@@ -308,7 +308,7 @@ impl Meta {
         self.epochs.clone()
     }
 
-    /// The counter the store bumps with every data write batch.
+    /// Returns the counter the store bumps with every data write batch.
     pub fn write_sequence(&self) -> Arc<AtomicU64> {
         self.write_sequence.clone()
     }
