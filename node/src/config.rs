@@ -68,6 +68,13 @@ pub struct Config {
     #[arg(long, default_value = "always")]
     pub sync: SyncModeArg,
 
+    /// Threads that run storage engine calls (reads, merges, writes) off the
+    /// async executor, 1 to 64. Under load each thread takes queued calls
+    /// without sleeping between them; more threads help when reads wait on
+    /// the disk.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub storage_threads: u32,
+
     /// Flush interval of --sync periodic, in milliseconds.
     #[arg(long, default_value_t = 50)]
     pub sync_interval_ms: u64,

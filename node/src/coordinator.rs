@@ -20,21 +20,16 @@
 
 use crate::error::RequestError;
 use crate::node::Node;
-use crate::peers::header;
 use futures::stream::{FuturesUnordered, StreamExt};
 use kv_cluster::causality::LocalCopy;
 use kv_cluster::context::{decode_context, encode_context};
 use kv_cluster::version::{State, Value, VersionVector};
 use kv_cluster::{format_node_id, NodeId};
-use kv_proto::v1::peer_client::PeerClient;
-use kv_proto::v1::{
-    PeerHeader, ReplicaReadRequest, ReplicaReadResponse, ReplicaState, ReplicaWriteRequest,
-};
+use kv_proto::v1::{ReplicaItem, ReplicaState};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 /// Largest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -124,7 +119,7 @@ impl Node {
 
     /// Preference list of a key in the current ring.
     pub fn preference_list(&self, key: &[u8]) -> Vec<NodeId> {
-        self.view.ring().preference_list_for_key(key)
+        self.view.preference_list_for_key(key)
     }
 
     fn check_list_size(
@@ -271,74 +266,40 @@ impl Node {
         })
     }
 
-    /// Returns a client for `peer` and the header of a request that the peer
-    /// gives up on after `timeout`.
-    fn peer_client(
-        &self,
-        peer: NodeId,
-        timeout: std::time::Duration,
-    ) -> Result<(PeerClient<Channel>, PeerHeader), String> {
-        let address = self
-            .view
-            .address_of(peer)
-            .ok_or_else(|| format!("address of node {} unknown", format_node_id(peer)))?;
-        let client = self
-            .peers
-            .peer(&address)
-            .map_err(|status| status.message().to_string())?;
-        let ring = self.view.ring();
-        let header = header(
-            &ring.cluster_id,
-            self.node_id(),
-            ring.version,
-            Some(timeout),
-        );
-        Ok((client, header))
-    }
-
     /// Sends a key's state to one replica and waits for its durable
     /// acknowledgement.
     pub async fn send_replica_write(
-        &self,
+        self: &Arc<Self>,
         peer: NodeId,
         key: &[u8],
         state: Vec<u8>,
     ) -> Result<(), String> {
-        let deadline = self.config.message_deadline();
-        let (mut client, header) = self.peer_client(peer, deadline)?;
-        let request = ReplicaWriteRequest {
-            header: Some(header),
+        let item = ReplicaItem {
             key: key.to_vec(),
+            write: true,
             state,
+            digest_only: false,
         };
-        match tokio::time::timeout(deadline, client.replica_write(request)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
-            Err(_) => Err("timed out".to_string()),
-        }
+        self.send_replica_item(peer, item, self.config.message_deadline())
+            .await
+            .map(|_| ())
     }
 
     async fn send_replica_read(
-        &self,
+        self: &Arc<Self>,
         peer: NodeId,
         key: &[u8],
         digest_only: bool,
     ) -> Result<Answer, String> {
-        let timeout = self.config.request_timeout();
-        let (mut client, header) = self.peer_client(peer, timeout)?;
-        let request = ReplicaReadRequest {
-            header: Some(header),
+        let item = ReplicaItem {
             key: key.to_vec(),
+            write: false,
+            state: Vec::new(),
             digest_only,
         };
-        let response: ReplicaReadResponse =
-            match tokio::time::timeout(timeout, client.replica_read(request)).await {
-                Ok(Ok(response)) => response.into_inner(),
-                Ok(Err(status)) => {
-                    return Err(format!("{:?}: {}", status.code(), status.message()))
-                }
-                Err(_) => return Err("timed out".to_string()),
-            };
+        let response = self
+            .send_replica_item(peer, item, self.config.request_timeout())
+            .await?;
         match ReplicaState::try_from(response.kind).unwrap_or(ReplicaState::Unspecified) {
             ReplicaState::Missing if digest_only => Ok(Answer::Digest(None)),
             ReplicaState::Missing => Ok(Answer::State(None)),

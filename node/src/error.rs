@@ -54,7 +54,7 @@ impl From<crate::store::StoreError> for RequestError {
             StoreError::Epoch(_) => RequestError::Unavailable(format!(
                 "{error}; send the put to another replica of the key"
             )),
-            StoreError::Storage(_) | StoreError::Task(_) => {
+            StoreError::Storage(_) | StoreError::Pool(_) => {
                 RequestError::Internal(error.to_string())
             }
         }

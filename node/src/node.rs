@@ -17,6 +17,8 @@ pub struct Node {
     pub store: Arc<LocalStore>,
     pub meta: Meta,
     pub peers: Peers,
+    /// Replica messages queued per peer, sent in batches.
+    pub outbox: crate::outbox::Outbox,
     pub stats: Arc<Stats>,
     pub generation: u64,
     pub restart_mark: u64,

@@ -6,6 +6,7 @@ use crate::gossip::join_through_seeds;
 use crate::meta::Meta;
 use crate::node::Node;
 use crate::peers::Peers;
+use crate::pool::StoragePool;
 use crate::service::admin::AdminService;
 use crate::service::kv::KvService;
 use crate::service::peer::PeerService;
@@ -137,6 +138,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         meta.epochs(),
         stats.clone(),
         repair_tx,
+        StoragePool::start(config.storage_threads as usize)
+            .context("cannot start the storage threads")?,
     ));
     let view = ClusterView::new(
         info.node_id,
@@ -151,6 +154,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store,
         meta,
         peers,
+        outbox: Default::default(),
         stats,
         generation: info.generation,
         restart_mark: info.restart_mark,

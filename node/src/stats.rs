@@ -11,6 +11,8 @@ pub struct Stats {
     pub corrupt_records: AtomicU64,
     pub dot_conflicts: AtomicU64,
     pub forwarded: AtomicU64,
+    pub replica_batches_sent: AtomicU64,
+    pub replica_items_sent: AtomicU64,
 }
 
 /// Limits repeated warnings of one kind to one line per interval, reporting

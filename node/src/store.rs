@@ -5,12 +5,14 @@
 //! never interleave and drop each other's values. The lock covers the local
 //! read, the merge and the write into the engine. It is released before the
 //! write is made durable and is never held across a network call. All engine
-//! calls run on tokio's blocking pool, never on the async executor threads.
+//! calls run on the storage threads ([`StoragePool`]), never on the async
+//! executor threads.
 //!
 //! A record that fails its checksum or does not decode is *unknown*: it is
 //! never served, counted, logged, and queued for repair from other replicas.
 
 use crate::meta::{EpochCounter, EpochHandle};
+use crate::pool::{PoolError, StoragePool};
 use crate::stats::Stats;
 use kv_cluster::causality::{
     self, coordinate_put, store_incoming, EpochUnavailable, LocalCopy, PutOutcome, Stored,
@@ -43,8 +45,8 @@ pub enum StoreError {
     TooManySiblings { siblings: usize, limit: usize },
     #[error("the put would make the key's values {bytes} bytes in total, more than the limit of {limit} bytes; read the key, resolve its siblings and put with the context of that read")]
     StateTooLarge { bytes: usize, limit: usize },
-    #[error("storage task failed: {0}")]
-    Task(String),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
 }
 
 /// Facts about its node that a store needs at start.
@@ -71,6 +73,19 @@ pub struct LocalStore {
     holds_data: AtomicBool,
     repair_tx: mpsc::UnboundedSender<Vec<u8>>,
     write_sequence: Arc<std::sync::atomic::AtomicU64>,
+    pool: StoragePool,
+}
+
+/// One replica operation of a batch from a peer.
+pub enum ReplicaOp {
+    Read { key: Vec<u8> },
+    Write { key: Vec<u8>, state: State },
+}
+
+/// Result of one [`ReplicaOp`].
+pub enum ReplicaOpResult {
+    Read(LocalCopy),
+    Written,
 }
 
 impl LocalStore {
@@ -81,6 +96,7 @@ impl LocalStore {
         epochs: Arc<EpochCounter>,
         stats: Arc<Stats>,
         repair_tx: mpsc::UnboundedSender<Vec<u8>>,
+        pool: StoragePool,
     ) -> LocalStore {
         let StoreIdentity {
             node_id,
@@ -99,6 +115,7 @@ impl LocalStore {
             holds_data: AtomicBool::new(holds_data),
             repair_tx,
             write_sequence,
+            pool,
         }
     }
 
@@ -157,11 +174,12 @@ impl LocalStore {
     pub async fn read(self: &Arc<Self>, key: &[u8]) -> Result<LocalCopy, StoreError> {
         let store = self.clone();
         let key = key.to_vec();
-        run_blocking(move || {
-            let stored_key = storage_key(&key);
-            store.read_blocking(&key, &stored_key)
-        })
-        .await
+        self.pool
+            .run(move || {
+                let stored_key = storage_key(&key);
+                store.read_blocking(&key, &stored_key)
+            })
+            .await?
     }
 
     /// Applies a client put as coordinator and writes the result to the
@@ -175,52 +193,78 @@ impl LocalStore {
     ) -> Result<PutOutcome, StoreError> {
         let store = self.clone();
         let key = key.to_vec();
-        run_blocking(move || {
-            let stored_key = storage_key(&key);
-            let _guard = store
-                .lock_for(&stored_key)
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.pool
+            .run(move || {
+                let stored_key = storage_key(&key);
+                let _guard = store
+                    .lock_for(&stored_key)
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
 
-            let local = store.read_blocking(&key, &stored_key)?;
-            let (old_siblings, old_bytes) = match &local {
-                LocalCopy::Present { state, .. } => (state.sibling_count(), state.value_bytes()),
-                _ => (0, 0),
-            };
-            let outcome = coordinate_put(
-                store.node_id,
-                &local,
-                &client_context,
-                value,
-                &mut EpochHandle(&store.epochs),
-                store.restart_mark,
-            )?;
+                let local = store.read_blocking(&key, &stored_key)?;
+                let (old_siblings, old_bytes) = match &local {
+                    LocalCopy::Present { state, .. } => {
+                        (state.sibling_count(), state.value_bytes())
+                    }
+                    _ => (0, 0),
+                };
+                let outcome = coordinate_put(
+                    store.node_id,
+                    &local,
+                    &client_context,
+                    value,
+                    &mut EpochHandle(&store.epochs),
+                    store.restart_mark,
+                )?;
 
-            // A put that does not grow the key past its old size is always
-            // admitted, so resolving siblings stays possible.
-            let siblings = outcome.state.sibling_count();
-            if siblings > limits.max_siblings && siblings > old_siblings {
-                return Err(StoreError::TooManySiblings {
-                    siblings,
-                    limit: limits.max_siblings,
-                });
-            }
-            let bytes = outcome.state.value_bytes();
-            if bytes > limits.max_state_bytes && bytes > old_bytes {
-                return Err(StoreError::StateTooLarge {
-                    bytes,
-                    limit: limits.max_state_bytes,
-                });
-            }
+                // A put that does not grow the key past its old size is always
+                // admitted, so resolving siblings stays possible.
+                let siblings = outcome.state.sibling_count();
+                if siblings > limits.max_siblings && siblings > old_siblings {
+                    return Err(StoreError::TooManySiblings {
+                        siblings,
+                        limit: limits.max_siblings,
+                    });
+                }
+                let bytes = outcome.state.value_bytes();
+                if bytes > limits.max_state_bytes && bytes > old_bytes {
+                    return Err(StoreError::StateTooLarge {
+                        bytes,
+                        limit: limits.max_state_bytes,
+                    });
+                }
 
-            store.write_blocking(&stored_key, &outcome.state, outcome.gen)?;
-            Ok(outcome)
-        })
-        .await
+                store.write_blocking(&stored_key, &outcome.state, outcome.gen)?;
+                Ok(outcome)
+            })
+            .await?
     }
 
-    /// Merges an incoming state (replica write, read repair) into the local
-    /// copy and returns once the result is durable.
+    /// Merges an incoming state into the local copy under the key's lock
+    /// (blocking). The caller makes the result durable.
+    fn merge_blocking(&self, key: &[u8], incoming: &State) -> Result<Stored, StoreError> {
+        let stored_key = storage_key(key);
+        let _guard = self
+            .lock_for(&stored_key)
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+
+        let local = self.read_blocking(key, &stored_key)?;
+        let stored = store_incoming(&local, incoming, self.epochs.value());
+        if stored.dot_conflicts > 0 {
+            self.stats
+                .dot_conflicts
+                .fetch_add(stored.dot_conflicts as u64, Ordering::Relaxed);
+            tracing::error!(key = %crate::coordinator::display_key(key), conflicts = stored.dot_conflicts, "two replicas hold the same dot with different values; kept the value with the larger digest");
+        }
+        if stored.changed {
+            self.write_blocking(&stored_key, &stored.state, stored.gen)?;
+        }
+        Ok(stored)
+    }
+
+    /// Merges an incoming state (read repair of the local copy) and returns
+    /// once the result is durable.
     pub async fn store_incoming(
         self: &Arc<Self>,
         key: &[u8],
@@ -228,34 +272,46 @@ impl LocalStore {
     ) -> Result<Stored, StoreError> {
         let store = self.clone();
         let key = key.to_vec();
-        let stored = run_blocking(move || {
-            let stored_key = storage_key(&key);
-            let _guard = store.lock_for(&stored_key).lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-
-            let local = store.read_blocking(&key, &stored_key)?;
-            let stored = store_incoming(&local, &incoming, store.epochs.value());
-            if stored.dot_conflicts > 0 {
-                store.stats.dot_conflicts.fetch_add(stored.dot_conflicts as u64, Ordering::Relaxed);
-                tracing::error!(key = %crate::coordinator::display_key(&key), conflicts = stored.dot_conflicts, "two replicas hold the same dot with different values; kept the value with the larger digest");
-            }
-            if stored.changed {
-                store.write_blocking(&stored_key, &stored.state, stored.gen)?;
-            }
-            Ok(stored)
-        })
-        .await?;
+        let stored = self
+            .pool
+            .run(move || store.merge_blocking(&key, &incoming))
+            .await??;
         self.commit.durable().await?;
         Ok(stored)
     }
-}
 
-/// Runs a storage closure on the blocking pool.
-async fn run_blocking<T, F>(work: F) -> Result<T, StoreError>
-where
-    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|error| StoreError::Task(error.to_string()))?
+    /// Runs the replica operations of one batch from a peer in one storage
+    /// job and returns one result per operation, in order. Returns once every
+    /// write of the batch is durable. Each key is locked on its own, so no
+    /// two locks are ever held at once.
+    pub async fn apply_batch(
+        self: &Arc<Self>,
+        ops: Vec<ReplicaOp>,
+    ) -> Result<Vec<Result<ReplicaOpResult, StoreError>>, StoreError> {
+        let store = self.clone();
+        let results = self
+            .pool
+            .run(move || {
+                ops.into_iter()
+                    .map(|op| match op {
+                        ReplicaOp::Read { key } => store
+                            .read_blocking(&key, &storage_key(&key))
+                            .map(ReplicaOpResult::Read),
+                        ReplicaOp::Write { key, state } => store
+                            .merge_blocking(&key, &state)
+                            .map(|_| ReplicaOpResult::Written),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await?;
+        // An unchanged write is made durable too: the state it matched may
+        // still wait for its flush.
+        let wrote = results
+            .iter()
+            .any(|result| matches!(result, Ok(ReplicaOpResult::Written)));
+        if wrote {
+            self.commit.durable().await?;
+        }
+        Ok(results)
+    }
 }

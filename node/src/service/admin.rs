@@ -49,6 +49,8 @@ impl Admin for AdminService {
             corrupt_records: stats.corrupt_records.load(Ordering::Relaxed),
             dot_conflicts: stats.dot_conflicts.load(Ordering::Relaxed),
             forwarded: stats.forwarded.load(Ordering::Relaxed),
+            replica_batches_sent: stats.replica_batches_sent.load(Ordering::Relaxed),
+            replica_items_sent: stats.replica_items_sent.load(Ordering::Relaxed),
             ring_not_ready_reason: node.view.ring_not_ready_reason().unwrap_or_default(),
             data_dir: node.meta.data_dir(),
             generation: node.generation,

@@ -2,13 +2,14 @@
 
 use crate::coordinator::{encode_digest, validate_key};
 use crate::node::Node;
+use crate::store::{ReplicaOp, ReplicaOpResult};
 use kv_cluster::causality::LocalCopy;
 use kv_cluster::format_node_id;
 use kv_cluster::version::State;
 use kv_proto::v1::peer_server::Peer;
 use kv_proto::v1::{
-    GossipRequest, GossipResponse, JoinRequest, JoinResponse, PeerHeader, ReplicaReadRequest,
-    ReplicaReadResponse, ReplicaState, ReplicaWriteRequest, ReplicaWriteResponse,
+    GossipRequest, GossipResponse, JoinRequest, JoinResponse, PeerHeader, ReplicaBatchRequest,
+    ReplicaBatchResponse, ReplicaItem, ReplicaItemResult, ReplicaState,
 };
 use kv_proto::FORMAT_VERSION;
 use std::sync::Arc;
@@ -28,7 +29,9 @@ impl PeerService {
         if sender_version > ring.version {
             return Ok(());
         }
-        if !ring
+        if !self
+            .node
+            .view
             .preference_list_for_key(key)
             .contains(&self.node.node_id())
         {
@@ -39,6 +42,66 @@ impl PeerService {
             )));
         }
         Ok(())
+    }
+}
+
+impl PeerService {
+    /// Checks one item of a batch and turns it into a store operation.
+    /// Returns the operation, the key and whether only a digest was asked.
+    fn prepare(
+        &self,
+        header: Option<&PeerHeader>,
+        item: ReplicaItem,
+    ) -> Result<(ReplicaOp, Vec<u8>, bool), Status> {
+        validate_key(&item.key)?;
+        self.check_replica(header, &item.key)?;
+        if !item.write {
+            let op = ReplicaOp::Read {
+                key: item.key.clone(),
+            };
+            return Ok((op, item.key, item.digest_only));
+        }
+        let state = State::decode(&item.state).map_err(|error| {
+            Status::invalid_argument(format!("replica write with an invalid state: {error}"))
+        })?;
+        let op = ReplicaOp::Write {
+            key: item.key.clone(),
+            state,
+        };
+        Ok((op, item.key, false))
+    }
+}
+
+/// Result of an item that failed with `status`.
+fn failed(status: &Status) -> ReplicaItemResult {
+    ReplicaItemResult {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        ..Default::default()
+    }
+}
+
+/// Result of a replica read of `key` whose local copy is `local`.
+fn read_result(key: &[u8], local: LocalCopy, digest_only: bool) -> ReplicaItemResult {
+    match local {
+        LocalCopy::Missing => ReplicaItemResult {
+            kind: ReplicaState::Missing as i32,
+            ..Default::default()
+        },
+        LocalCopy::Unknown => ReplicaItemResult {
+            kind: ReplicaState::Unknown as i32,
+            ..Default::default()
+        },
+        LocalCopy::Present { state, .. } => ReplicaItemResult {
+            kind: ReplicaState::Present as i32,
+            digest: encode_digest(state.digest(key)),
+            state: if digest_only {
+                Vec::new()
+            } else {
+                state.encode()
+            },
+            ..Default::default()
+        },
     }
 }
 
@@ -62,72 +125,46 @@ async fn within_timeout<T>(
 
 #[tonic::async_trait]
 impl Peer for PeerService {
-    async fn replica_read(
+    async fn replica_batch(
         &self,
-        request: Request<ReplicaReadRequest>,
-    ) -> Result<Response<ReplicaReadResponse>, Status> {
+        request: Request<ReplicaBatchRequest>,
+    ) -> Result<Response<ReplicaBatchResponse>, Status> {
         let request = request.into_inner();
-        self.node.check_header(request.header.as_ref())?;
-        validate_key(&request.key)?;
-        self.check_replica(request.header.as_ref(), &request.key)?;
-        let header = request.header.clone();
-        let response = within_timeout(header.as_ref(), async {
-            let local = self
-                .node
-                .store
-                .read(&request.key)
-                .await
-                .map_err(|error| Status::internal(error.to_string()))?;
-            let response = match local {
-                LocalCopy::Missing => ReplicaReadResponse {
-                    format_version: FORMAT_VERSION,
-                    kind: ReplicaState::Missing as i32,
-                    ..Default::default()
-                },
-                LocalCopy::Unknown => ReplicaReadResponse {
-                    format_version: FORMAT_VERSION,
-                    kind: ReplicaState::Unknown as i32,
-                    ..Default::default()
-                },
-                LocalCopy::Present { state, .. } => ReplicaReadResponse {
-                    format_version: FORMAT_VERSION,
-                    kind: ReplicaState::Present as i32,
-                    digest: encode_digest(state.digest(&request.key)),
-                    state: if request.digest_only {
-                        Vec::new()
-                    } else {
-                        state.encode()
-                    },
-                },
-            };
-            Ok(response)
-        })
-        .await?;
-        Ok(Response::new(response))
-    }
+        let header = request.header;
+        self.node.check_header(header.as_ref())?;
 
-    async fn replica_write(
-        &self,
-        request: Request<ReplicaWriteRequest>,
-    ) -> Result<Response<ReplicaWriteResponse>, Status> {
-        let request = request.into_inner();
-        self.node.check_header(request.header.as_ref())?;
-        validate_key(&request.key)?;
-        self.check_replica(request.header.as_ref(), &request.key)?;
-        let state = State::decode(&request.state).map_err(|error| {
-            Status::invalid_argument(format!("replica write with an invalid state: {error}"))
-        })?;
-        within_timeout(request.header.as_ref(), async {
+        // Items that fail their checks get their error at once; the others
+        // run together as one storage job.
+        let mut results = vec![ReplicaItemResult::default(); request.items.len()];
+        let mut ops = Vec::new();
+        let mut accepted = Vec::new();
+        for (index, item) in request.items.into_iter().enumerate() {
+            match self.prepare(header.as_ref(), item) {
+                Ok((op, key, digest_only)) => {
+                    ops.push(op);
+                    accepted.push((index, key, digest_only));
+                }
+                Err(status) => results[index] = failed(&status),
+            }
+        }
+        let outcomes = within_timeout(header.as_ref(), async {
             self.node
                 .store
-                .store_incoming(&request.key, state)
+                .apply_batch(ops)
                 .await
-                .map_err(|error| Status::internal(error.to_string()))?;
-            Ok(())
+                .map_err(|error| Status::internal(error.to_string()))
         })
         .await?;
-        Ok(Response::new(ReplicaWriteResponse {
+        for ((index, key, digest_only), outcome) in accepted.into_iter().zip(outcomes) {
+            results[index] = match outcome {
+                Ok(ReplicaOpResult::Read(local)) => read_result(&key, local, digest_only),
+                Ok(ReplicaOpResult::Written) => ReplicaItemResult::default(),
+                Err(error) => failed(&Status::internal(error.to_string())),
+            };
+        }
+        Ok(Response::new(ReplicaBatchResponse {
             format_version: FORMAT_VERSION,
+            results,
         }))
     }
 

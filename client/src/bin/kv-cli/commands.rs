@@ -480,6 +480,8 @@ fn status_json(status: &StatusResponse) -> serde_json::Value {
         "corrupt_records": status.corrupt_records,
         "dot_conflicts": status.dot_conflicts,
         "forwarded": status.forwarded,
+        "replica_batches_sent": status.replica_batches_sent,
+        "replica_items_sent": status.replica_items_sent,
     })
 }
 
@@ -544,6 +546,10 @@ pub fn status_lines(status: &StatusResponse) -> Vec<String> {
         format!(
             "repairs and faults since start: {} read repairs, {} corrupt records, {} dot conflicts",
             status.read_repairs, status.corrupt_records, status.dot_conflicts
+        ),
+        format!(
+            "replica messages since start: {} items in {} batches",
+            status.replica_items_sent, status.replica_batches_sent
         ),
     ]
 }
