@@ -11,6 +11,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
+/// A ring and the preference list of each of its partitions.
+type RingWithLists = (Arc<Ring>, Arc<Vec<Vec<NodeId>>>);
+
+fn with_lists(ring: Ring) -> RingWithLists {
+    let lists = Arc::new(ring.preference_lists());
+    (Arc::new(ring), lists)
+}
+
 struct Liveness {
     detector: PhiDetector,
     /// (generation, version) of the member's entry when last seen.
@@ -21,7 +29,9 @@ struct Liveness {
 pub struct ClusterView {
     pub node_id: NodeId,
     pub address: String,
-    ring: RwLock<Arc<Ring>>,
+    /// The current ring and its preference lists, computed once per ring
+    /// rather than once per request.
+    ring: RwLock<RingWithLists>,
     membership: Mutex<Membership>,
     liveness: Mutex<HashMap<NodeId, Liveness>>,
     detector_config: DetectorConfig,
@@ -39,7 +49,7 @@ impl ClusterView {
         ClusterView {
             node_id,
             address,
-            ring: RwLock::new(Arc::new(ring)),
+            ring: RwLock::new(with_lists(ring)),
             membership: Mutex::new(membership),
             liveness: Mutex::new(HashMap::new()),
             detector_config: DetectorConfig {
@@ -63,7 +73,21 @@ impl ClusterView {
         self.ring
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0
             .clone()
+    }
+
+    /// Preference list of a user key in the current ring.
+    pub fn preference_list_for_key(&self, key: &[u8]) -> Vec<NodeId> {
+        let current = self
+            .ring
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (ring, lists) = &*current;
+        lists
+            .get(ring.partition_for_key(key) as usize)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Adopts `ring` when it is newer than the current one; returns whether it
@@ -73,10 +97,10 @@ impl ClusterView {
             .ring
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if ring.cluster_id != current.cluster_id || !ring.is_newer_than(&current) {
+        if ring.cluster_id != current.0.cluster_id || !ring.is_newer_than(&current.0) {
             return false;
         }
-        *current = Arc::new(ring);
+        *current = with_lists(ring);
         true
     }
 
