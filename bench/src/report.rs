@@ -124,7 +124,8 @@ pub struct OpReport {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ErrorCount {
     pub op: &'static str,
-    /// The `kv_client::Error` variant, for example `quorum_failed`.
+    /// The error kind, for example `quorum_failed` (a `kv_client::Error`
+    /// variant) or, against etcd, a gRPC status code such as `unavailable`.
     pub kind: String,
     pub count: u64,
 }
@@ -134,8 +135,12 @@ pub struct ErrorCount {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RunSettings {
     pub workload: String,
+    /// Store measured: `ringkv` or `etcd`.
+    pub target: String,
     pub endpoints: Vec<String>,
     pub records: u64,
+    /// First key number that `load` inserts.
+    pub insert_start: u64,
     pub value_bytes: usize,
     pub concurrency: usize,
     pub distribution: String,
@@ -245,8 +250,8 @@ impl Report {
         let mut text = String::new();
         let _ = writeln!(
             text,
-            "workload {} | records {} | value {} B | concurrency {} | {} keys | seed {}",
-            s.workload, s.records, s.value_bytes, s.concurrency, s.distribution, s.seed
+            "{} | workload {} | records {} | value {} B | concurrency {} | {} keys | seed {}",
+            s.target, s.workload, s.records, s.value_bytes, s.concurrency, s.distribution, s.seed
         );
         let _ = writeln!(
             text,
@@ -302,8 +307,10 @@ mod tests {
     fn settings() -> RunSettings {
         RunSettings {
             workload: "a".into(),
+            target: "ringkv".into(),
             endpoints: vec!["127.0.0.1:7401".into()],
             records: 10,
+            insert_start: 0,
             value_bytes: 100,
             concurrency: 4,
             distribution: "zipfian".into(),
@@ -343,6 +350,8 @@ mod tests {
             assert!(json.get(field).is_some(), "missing field {field}");
         }
         assert_eq!(json["settings"]["workload"], "a");
+        assert_eq!(json["settings"]["target"], "ringkv");
+        assert_eq!(json["settings"]["insert_start"], 0);
         assert_eq!(json["settings"]["w"], 2);
         assert!(json["settings"]["r"].is_null());
 

@@ -10,11 +10,13 @@
 //!   from the moment a request is sent, not from its scheduled start, so a
 //!   cluster that falls behind the target rate shows it in the throughput
 //!   rather than in the latencies.
-//! - Every failed operation is counted under its `kv_client::Error` variant;
-//!   the first failure of each variant is also logged with its message.
+//! - Every failed operation is counted under its error kind
+//!   ([`Target::error_kind`]); the first failure of each kind is also logged
+//!   with its message.
 //!
-//! Updates in workloads A and B send the context of the key's last read or
-//! write in this run, the way an application that keeps contexts writes.
+//! Against a target with contexts (ringkv), updates in workloads A and B
+//! send the context of the key's last read or write in this run, the way an
+//! application that keeps contexts writes.
 //! NOTE: the first update of a key that this run has not read yet has no
 //! context, so it adds a sibling next to the loaded value instead of
 //! replacing it. The next read returns both values and its context
@@ -25,11 +27,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kv_client::{Client, Context, Error, ReadOptions, WriteOptions};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::report::Recorder;
+use crate::target::Target;
 use crate::workload::{key_name, Distribution, KeyChooser, OpKind, Workload};
 
 /// Number of lock shards of the context cache.
@@ -41,6 +43,8 @@ pub struct Plan {
     pub workload: Workload,
     /// Keys loaded before the run (for `load`, keys to insert).
     pub records: u64,
+    /// First key number that `load` inserts.
+    pub insert_start: u64,
     pub value_bytes: usize,
     /// Requests in flight, one per task.
     pub concurrency: usize,
@@ -52,8 +56,6 @@ pub struct Plan {
     pub target_rate: u64,
     pub distribution: Distribution,
     pub seed: u64,
-    pub read_options: ReadOptions,
-    pub write_options: WriteOptions,
 }
 
 impl Plan {
@@ -78,12 +80,12 @@ pub struct RunOutcome {
 }
 
 /// Last known context of each key, shared by the tasks.
-struct ContextCache {
-    shards: Vec<Mutex<HashMap<u64, Context>>>,
+struct ContextCache<C> {
+    shards: Vec<Mutex<HashMap<u64, C>>>,
 }
 
-impl ContextCache {
-    fn new() -> ContextCache {
+impl<C: Clone> ContextCache<C> {
+    fn new() -> ContextCache<C> {
         ContextCache {
             shards: (0..CONTEXT_SHARDS)
                 .map(|_| Mutex::new(HashMap::new()))
@@ -91,30 +93,32 @@ impl ContextCache {
         }
     }
 
-    fn shard(&self, key: u64) -> &Mutex<HashMap<u64, Context>> {
+    fn shard(&self, key: u64) -> &Mutex<HashMap<u64, C>> {
         &self.shards[(key % CONTEXT_SHARDS as u64) as usize]
     }
 
-    fn get(&self, key: u64) -> Option<Context> {
+    fn get(&self, key: u64) -> Option<C> {
         // A poisoned shard only means another task panicked; its map is
         // still usable.
         let shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
         shard.get(&key).cloned()
     }
 
-    fn store(&self, key: u64, context: Context) {
-        if context.is_empty() {
+    /// Stores `context` as the key's last one. `None` keeps the previous
+    /// one.
+    fn store(&self, key: u64, context: Option<C>) {
+        let Some(context) = context else {
             return;
-        }
+        };
         let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
         shard.insert(key, context);
     }
 }
 
 /// State shared by every task of a run.
-struct Shared {
+struct Shared<T: Target> {
     plan: Plan,
-    client: Client,
+    target: T,
     start: Instant,
     deadline: Instant,
     operation_limit: u64,
@@ -130,38 +134,22 @@ struct Shared {
     timed_out: AtomicBool,
     /// Error variants already logged once.
     logged_errors: Mutex<HashSet<&'static str>>,
-    /// Present for workloads with updates.
-    contexts: Option<ContextCache>,
+    /// Present for workloads with updates against a target with contexts.
+    contexts: Option<ContextCache<T::Context>>,
 }
 
-/// Returns the report name of a client error's variant.
-pub fn error_kind(error: &Error) -> &'static str {
-    match error {
-        Error::InvalidArgument { .. } => "invalid_argument",
-        Error::Unavailable { .. } => "unavailable",
-        Error::QuorumFailed { .. } => "quorum_failed",
-        Error::DeadlineExceeded { .. } => "deadline_exceeded",
-        Error::FailedPrecondition { .. } => "failed_precondition",
-        Error::ResourceExhausted { .. } => "resource_exhausted",
-        Error::NoReachableNode { .. } => "no_reachable_node",
-        Error::InvalidEndpoint { .. } => "invalid_endpoint",
-        Error::Transport { .. } => "transport",
-        Error::Protocol { .. } => "protocol",
-        Error::Server { .. } => "server",
-    }
-}
-
-/// Runs `plan` against `client`, printing a progress line to stderr about
+/// Runs `plan` against `target`, printing a progress line to stderr about
 /// once per second, and returns the merged latencies and errors.
-pub async fn run(client: Client, plan: Plan) -> RunOutcome {
+pub async fn run<T: Target>(target: T, plan: Plan) -> RunOutcome {
     let start = Instant::now();
-    let needs_contexts = plan
-        .workload
-        .mix()
-        .iter()
-        .any(|(kind, _)| *kind == OpKind::Update);
+    let needs_contexts = T::HAS_CONTEXTS
+        && plan
+            .workload
+            .mix()
+            .iter()
+            .any(|(kind, _)| *kind == OpKind::Update);
     let first_insert = match plan.workload {
-        Workload::Load => 0,
+        Workload::Load => plan.insert_start,
         _ => plan.records,
     };
     let shared = Arc::new(Shared {
@@ -176,7 +164,7 @@ pub async fn run(client: Client, plan: Plan) -> RunOutcome {
         timed_out: AtomicBool::new(false),
         logged_errors: Mutex::new(HashSet::new()),
         contexts: needs_contexts.then(ContextCache::new),
-        client,
+        target,
         plan,
     });
 
@@ -223,7 +211,7 @@ pub async fn run(client: Client, plan: Plan) -> RunOutcome {
 }
 
 /// Prints operations so far, the rate of the last second and the failures.
-async fn print_progress(shared: Arc<Shared>) {
+async fn print_progress<T: Target>(shared: Arc<Shared<T>>) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.tick().await;
     let mut previous_ok = 0;
@@ -246,7 +234,11 @@ async fn print_progress(shared: Arc<Shared>) {
 }
 
 /// Issues operations one at a time until a limit is reached.
-async fn run_task(shared: Arc<Shared>, mut chooser: KeyChooser, mut rng: ChaCha8Rng) -> Recorder {
+async fn run_task<T: Target>(
+    shared: Arc<Shared<T>>,
+    mut chooser: KeyChooser,
+    mut rng: ChaCha8Rng,
+) -> Recorder {
     let mut recorder = Recorder::new();
     let mut value = vec![0u8; shared.plan.value_bytes];
     loop {
@@ -278,7 +270,7 @@ async fn run_task(shared: Arc<Shared>, mut chooser: KeyChooser, mut rng: ChaCha8
             }
             Err(error) => {
                 shared.failed.fetch_add(1, Ordering::Relaxed);
-                let error_kind = error_kind(&error);
+                let error_kind = T::error_kind(&error);
                 recorder.record_error(kind, error_kind);
                 log_first_error(&shared, kind, error_kind, &error);
             }
@@ -289,7 +281,12 @@ async fn run_task(shared: Arc<Shared>, mut chooser: KeyChooser, mut rng: ChaCha8
 
 /// Logs the first failure of each error variant, so a run that fails
 /// thousands of times prints one line per cause.
-fn log_first_error(shared: &Shared, kind: OpKind, error_kind: &'static str, error: &Error) {
+fn log_first_error<T: Target>(
+    shared: &Shared<T>,
+    kind: OpKind,
+    error_kind: &'static str,
+    error: &T::Error,
+) {
     let mut logged = shared
         .logged_errors
         .lock()
@@ -300,23 +297,23 @@ fn log_first_error(shared: &Shared, kind: OpKind, error_kind: &'static str, erro
 }
 
 /// Runs one operation of `kind` and records its latency on success.
-async fn run_operation(
-    shared: &Shared,
+async fn run_operation<T: Target>(
+    shared: &Shared<T>,
     kind: OpKind,
     chooser: &mut KeyChooser,
     rng: &mut ChaCha8Rng,
     value: &[u8],
     recorder: &mut Recorder,
-) -> Result<(), Error> {
-    let client = &shared.client;
+) -> Result<(), T::Error> {
+    let target = &shared.target;
     let plan = &shared.plan;
     match kind {
         OpKind::Read => {
             let key = chooser.next_key(existing_keys(shared), rng);
             let started = Instant::now();
-            let read = client.get_with(key_name(key), plan.read_options).await?;
+            let read = target.get(&key_name(key)).await?;
             recorder.record_success(kind, started.elapsed());
-            if read.is_missing() {
+            if !read.found {
                 recorder.record_missing_read();
             }
             if let Some(contexts) = &shared.contexts {
@@ -330,20 +327,16 @@ async fn run_operation(
                 .as_ref()
                 .and_then(|contexts| contexts.get(key));
             let started = Instant::now();
-            let written = client
-                .put_with(key_name(key), value, context.as_ref(), plan.write_options)
-                .await?;
+            let written = target.put(&key_name(key), value, context.as_ref()).await?;
             recorder.record_success(kind, started.elapsed());
             if let Some(contexts) = &shared.contexts {
-                contexts.store(key, written.context);
+                contexts.store(key, written);
             }
         }
         OpKind::Insert => {
             let key = shared.next_insert.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
-            client
-                .put_with(key_name(key), value, None, plan.write_options)
-                .await?;
+            target.put(&key_name(key), value, None).await?;
             recorder.record_success(kind, started.elapsed());
             if plan.workload != Workload::Load {
                 shared.existing_keys.fetch_add(1, Ordering::Relaxed);
@@ -353,21 +346,19 @@ async fn run_operation(
             let key = chooser.next_key(existing_keys(shared), rng);
             let name = key_name(key);
             let started = Instant::now();
-            let read = client.get_with(&name, plan.read_options).await?;
+            let read = target.get(&name).await?;
             let read_done = Instant::now();
             recorder.record_part(OpKind::Read, read_done - started);
-            if read.is_missing() {
+            if !read.found {
                 recorder.record_missing_read();
             }
-            client
-                .put_with(&name, value, Some(&read.context), plan.write_options)
-                .await?;
+            target.put(&name, value, read.context.as_ref()).await?;
             recorder.record_part(OpKind::Update, read_done.elapsed());
             recorder.record_success(kind, started.elapsed());
         }
         OpKind::Ping => {
             let started = Instant::now();
-            client.ping().await?;
+            target.ping().await?;
             recorder.record_success(kind, started.elapsed());
         }
     }
@@ -380,7 +371,7 @@ async fn run_operation(
 /// acknowledged out of order, so the newest key number can belong to an
 /// insert still in flight. Such a read finds no value and is counted in
 /// `missing_reads`.
-fn existing_keys(shared: &Shared) -> u64 {
+fn existing_keys<T: Target>(shared: &Shared<T>) -> u64 {
     shared.existing_keys.load(Ordering::Relaxed).max(1)
 }
 
@@ -388,23 +379,28 @@ fn existing_keys(shared: &Shared) -> u64 {
 mod tests {
     use super::*;
     use crate::report::{Report, RunSettings};
+    use crate::target::{ReadOutcome, Ringkv};
     use kv_client::proto::kv_server::{Kv, KvServer};
     use kv_client::proto::{
         DeleteRequest, DeleteResponse, GetRequest, GetResponse, PingRequest, PingResponse,
         PutRequest, PutResponse,
     };
-    use kv_client::{ClientOptions, ERROR_METADATA_KEY, QUORUM_ERROR};
+    use kv_client::{
+        Client, ClientOptions, Context, ReadOptions, WriteOptions, ERROR_METADATA_KEY, QUORUM_ERROR,
+    };
     use tonic::metadata::MetadataMap;
     use tonic::transport::server::TcpIncoming;
     use tonic::{Code, Request, Response, Status};
 
-    /// In-process `Kv` service on 127.0.0.1 that stores nothing: gets
-    /// return one value, puts succeed or fail with a quorum error.
+    /// In-process `Kv` service on 127.0.0.1 that stores no values: gets
+    /// return one value, puts succeed or fail with a quorum error. It
+    /// keeps the keys of the puts.
     #[derive(Default)]
     struct FakeKv {
         fail_puts: bool,
         gets: AtomicU64,
         puts: AtomicU64,
+        put_keys: Mutex<Vec<Vec<u8>>>,
     }
 
     struct FakeService(Arc<FakeKv>);
@@ -422,11 +418,13 @@ mod tests {
             }))
         }
 
-        async fn put(
-            &self,
-            _request: Request<PutRequest>,
-        ) -> Result<Response<PutResponse>, Status> {
+        async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
             self.0.puts.fetch_add(1, Ordering::SeqCst);
+            self.0
+                .put_keys
+                .lock()
+                .expect("no test task panicked")
+                .push(request.into_inner().key);
             if self.0.fail_puts {
                 let mut metadata = MetadataMap::new();
                 metadata.insert(
@@ -460,8 +458,8 @@ mod tests {
         }
     }
 
-    /// Starts a fake node and returns a client connected to it.
-    async fn start_fake(fail_puts: bool) -> (Client, Arc<FakeKv>) {
+    /// Starts a fake node and returns a target connected to it.
+    async fn start_fake(fail_puts: bool) -> (Ringkv, Arc<FakeKv>) {
         let fake = Arc::new(FakeKv {
             fail_puts,
             ..FakeKv::default()
@@ -483,13 +481,19 @@ mod tests {
         let client = Client::connect_with(&[address.to_string()], options)
             .await
             .expect("client starts");
-        (client, fake)
+        let target = Ringkv {
+            client,
+            read_options: ReadOptions::default(),
+            write_options: WriteOptions::default(),
+        };
+        (target, fake)
     }
 
     fn plan(workload: Workload) -> Plan {
         Plan {
             workload,
             records: 50,
+            insert_start: 0,
             value_bytes: 16,
             concurrency: 4,
             operations: None,
@@ -497,16 +501,16 @@ mod tests {
             target_rate: 0,
             distribution: Distribution::Zipfian,
             seed: 3,
-            read_options: ReadOptions::default(),
-            write_options: WriteOptions::default(),
         }
     }
 
     fn report(outcome: &RunOutcome) -> Report {
         let settings = RunSettings {
             workload: "test".into(),
+            target: "ringkv".into(),
             endpoints: Vec::new(),
             records: 50,
+            insert_start: 0,
             value_bytes: 16,
             concurrency: 4,
             distribution: "zipfian".into(),
@@ -532,6 +536,28 @@ mod tests {
         assert_eq!(fake.puts.load(Ordering::SeqCst), 50);
         assert_eq!(report.total_ok, 50);
         assert_eq!(report.total_errors, 0);
+    }
+
+    #[tokio::test]
+    async fn run_load_starts_at_insert_start() {
+        let (client, fake) = start_fake(false).await;
+        let outcome = run(
+            client,
+            Plan {
+                records: 20,
+                insert_start: 1000,
+                ..plan(Workload::Load)
+            },
+        )
+        .await;
+        assert_eq!(outcome.stopped_by, "records");
+        let mut keys = fake.put_keys.lock().expect("no test task panicked").clone();
+        keys.sort();
+        let mut expected: Vec<Vec<u8>> = (1000..1020)
+            .map(|number| key_name(number).into_bytes())
+            .collect();
+        expected.sort();
+        assert_eq!(keys, expected);
     }
 
     #[tokio::test]
@@ -625,20 +651,93 @@ mod tests {
         assert_eq!(fake.gets.load(Ordering::SeqCst), 21);
     }
 
+    /// In-memory store without contexts, as etcd is to the runner. Clones
+    /// share one store.
+    #[derive(Clone, Default)]
+    struct MemoryTarget(Arc<MemoryStore>);
+
+    #[derive(Default)]
+    struct MemoryStore {
+        values: Mutex<HashMap<String, Vec<u8>>>,
+        puts_with_context: AtomicU64,
+    }
+
+    impl Target for MemoryTarget {
+        type Context = ();
+        type Error = String;
+
+        const HAS_CONTEXTS: bool = false;
+
+        async fn get(&self, key: &str) -> Result<ReadOutcome<()>, String> {
+            let values = self.0.values.lock().expect("no test task panicked");
+            Ok(ReadOutcome {
+                found: values.contains_key(key),
+                context: None,
+            })
+        }
+
+        async fn put(
+            &self,
+            key: &str,
+            value: &[u8],
+            context: Option<&()>,
+        ) -> Result<Option<()>, String> {
+            if context.is_some() {
+                self.0.puts_with_context.fetch_add(1, Ordering::SeqCst);
+            }
+            let mut values = self.0.values.lock().expect("no test task panicked");
+            values.insert(key.to_string(), value.to_vec());
+            Ok(None)
+        }
+
+        async fn ping(&self) -> Result<(), String> {
+            Ok(())
+        }
+
+        fn error_kind(_error: &String) -> &'static str {
+            "memory"
+        }
+    }
+
+    #[tokio::test]
+    async fn run_target_without_contexts() {
+        let target = MemoryTarget::default();
+        let load = run(target.clone(), plan(Workload::Load)).await;
+        assert_eq!(report(&load).total_ok, 50);
+        assert_eq!(target.0.values.lock().expect("no panic").len(), 50);
+
+        for workload in [Workload::A, Workload::F] {
+            let outcome = run(
+                target.clone(),
+                Plan {
+                    operations: Some(200),
+                    ..plan(workload)
+                },
+            )
+            .await;
+            let report = report(&outcome);
+            assert_eq!(report.total_ok, 200, "workload {workload}");
+            assert_eq!(report.total_errors, 0, "workload {workload}");
+            assert_eq!(report.missing_reads, 0, "workload {workload}");
+        }
+        assert_eq!(target.0.puts_with_context.load(Ordering::SeqCst), 0);
+        assert_eq!(target.0.values.lock().expect("no panic").len(), 50);
+    }
+
     #[test]
     fn context_cache_keeps_last_context() {
         let cache = ContextCache::new();
         assert!(cache.get(7).is_none());
-        cache.store(7, Context::from_bytes(vec![1, 2]));
-        cache.store(7, Context::from_bytes(vec![3]));
+        cache.store(7, Some(Context::from_bytes(vec![1, 2])));
+        cache.store(7, Some(Context::from_bytes(vec![3])));
         assert_eq!(cache.get(7).map(Context::into_bytes), Some(vec![3]));
     }
 
     #[test]
-    fn context_cache_ignores_empty_context() {
+    fn context_cache_ignores_missing_context() {
         let cache = ContextCache::new();
-        cache.store(1, Context::from_bytes(vec![9]));
-        cache.store(1, Context::from_bytes(Vec::new()));
+        cache.store(1, Some(Context::from_bytes(vec![9])));
+        cache.store(1, None);
         assert_eq!(cache.get(1).map(Context::into_bytes), Some(vec![9]));
     }
 
@@ -647,6 +746,7 @@ mod tests {
         let plan = Plan {
             workload: Workload::Load,
             records: 500,
+            insert_start: 0,
             value_bytes: 10,
             concurrency: 1,
             operations: Some(3),
@@ -654,8 +754,6 @@ mod tests {
             target_rate: 0,
             distribution: Distribution::Uniform,
             seed: 0,
-            read_options: ReadOptions::default(),
-            write_options: WriteOptions::default(),
         };
         assert_eq!(plan.operation_limit(), 500);
         let run_plan = Plan {
