@@ -98,8 +98,9 @@ impl Ring {
         if q == 0 {
             return Vec::new();
         }
-        let length = (self.replicas as usize).min(self.nodes().len());
-        self.walk_from(partition as usize % q, length)
+        // A walk that wraps the whole ring stops with fewer than N nodes
+        // when the ring has fewer, so the distinct nodes need no count first.
+        self.walk_from(partition as usize % q, self.replicas as usize)
     }
 
     /// Preference list of a user key.
