@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
 /// Batches in flight to one peer at a time.
-const MAX_BATCHES_IN_FLIGHT: usize = 4;
+const MAX_BATCHES_IN_FLIGHT: usize = 2;
 
 /// Items in one batch.
 const MAX_BATCH_ITEMS: usize = 256;
