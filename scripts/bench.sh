@@ -17,7 +17,7 @@ Compares, on this machine and on 127.0.0.1 only:
   ringkv  3 kv-node processes, N=3 R=2 W=2, once for each combination of
           --sync always|periodic and --engine fjall|sled (4 fresh clusters,
           ports 7611-7613)
-  etcd    3 members of Debian's etcd-server (client ports 2379, 22379, 32379)
+  etcd    3 members of Debian's etcd-server (client ports 12379, 22379, 32379)
   redis   one redis-server (port 6390), measured with redis-benchmark as a
           single-node ceiling
 
@@ -122,8 +122,8 @@ OUT="$(cd "$OUT" && pwd)"
 
 # Ports. The ringkv ports stay clear of scripts/start-cluster.sh (7401+).
 RINGKV_PORTS=(7611 7612 7613)
-ETCD_CLIENT_PORTS=(2379 22379 32379)
-ETCD_PEER_PORTS=(2380 22380 32380)
+ETCD_CLIENT_PORTS=(12379 22379 32379)
+ETCD_PEER_PORTS=(12380 22380 32380)
 REDIS_PORT=6390
 
 # ---------------------------------------------------------------------------
@@ -240,8 +240,8 @@ install_packages() {
     echo "installing ${packages[*]} with apt-get..."
     apt-get update -qq
     # Where the machine's policy lets packages start services, this starts
-    # Debian's etcd on ports 2379 and 2380, and the port check of run_etcd
-    # then reports it. Debian's redis service uses 6379, not REDIS_PORT.
+    # Debian's etcd on ports 2379 and 2380 and its redis on 6379; the
+    # members started here use other ports, so both may keep running.
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${packages[@]}"
 }
 
