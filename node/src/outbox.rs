@@ -1,13 +1,18 @@
 //! Outgoing replica reads and writes, coalesced per peer.
 //!
-//! Each peer address has a queue and a sender task. The task waits until
-//! fewer than [`MAX_BATCHES_IN_FLIGHT`] batches to that peer are in flight,
+//! Each peer address has two queues, one for reads and one for writes,
+//! each with a sender task. The task waits until fewer than
+//! [`MAX_BATCHES_IN_FLIGHT`] batches of its queue are in flight,
 //! then takes every queued item (up to [`MAX_BATCH_ITEMS`] items and half the
 //! gRPC message limit in bytes) and sends them as one `ReplicaBatch`. An
 //! item queued alone goes out at once, so batching adds no wait at low load.
 //! Under load, the items that queue while earlier batches are in flight
 //! share the next batch: one RPC, one storage job and one group-commit wait
 //! on the peer instead of one of each per item.
+//!
+//! Reads and writes to one peer travel in separate batches with separate
+//! limits: a peer answers a batch only once its writes are durable, and a
+//! read in the same batch would wait for that flush.
 //!
 //! Every item carries its own deadline. The caller stops waiting at the
 //! deadline, and the sender task drops items whose deadline has passed or
@@ -38,10 +43,11 @@ struct Queued {
     reply: oneshot::Sender<ItemReply>,
 }
 
-/// The queues of the peers, keyed by address.
+/// The queues of the peers, keyed by address and by whether they carry
+/// writes.
 #[derive(Default)]
 pub struct Outbox {
-    queues: Mutex<HashMap<String, mpsc::UnboundedSender<Queued>>>,
+    queues: Mutex<HashMap<(String, bool), mpsc::UnboundedSender<Queued>>>,
 }
 
 impl Node {
@@ -59,7 +65,7 @@ impl Node {
             .ok_or_else(|| format!("address of node {} unknown", format_node_id(peer)))?;
         let deadline = Instant::now() + timeout;
         let (reply, result) = oneshot::channel();
-        self.queue_for(&address)
+        self.queue_for(&address, item.write)
             .send(Queued {
                 item,
                 deadline,
@@ -81,13 +87,14 @@ impl Node {
         Ok(outcome)
     }
 
-    fn queue_for(self: &Arc<Self>, address: &str) -> mpsc::UnboundedSender<Queued> {
+    fn queue_for(self: &Arc<Self>, address: &str, writes: bool) -> mpsc::UnboundedSender<Queued> {
         let mut queues = self
             .outbox
             .queues
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(queue) = queues.get(address) {
+        let queue_key = (address.to_string(), writes);
+        if let Some(queue) = queues.get(&queue_key) {
             if !queue.is_closed() {
                 return queue.clone();
             }
@@ -100,7 +107,7 @@ impl Node {
             receiver,
             byte_limit,
         ));
-        queues.insert(address.to_string(), queue.clone());
+        queues.insert(queue_key, queue.clone());
         queue
     }
 
