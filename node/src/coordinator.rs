@@ -437,7 +437,16 @@ impl Node {
                 merged = self.merge_counted(key, &merged, state);
             }
         }
-        self.spawn_read_repair(key, answers, pending);
+        // Most reads find the replicas in agreement and have no reply left
+        // to wait for; they need no repair task.
+        let agreed = answers.values().all(|answer| match answer {
+            Answer::State(Some(state)) => *state == merged,
+            Answer::State(None) => merged == State::default(),
+            Answer::Digest(_) | Answer::Unknown => false,
+        });
+        if !(agreed && pending.is_empty()) {
+            self.spawn_read_repair(key, answers, pending);
+        }
         Ok(ReadResult { state: merged })
     }
 
