@@ -13,6 +13,7 @@
 //! - [`causality`]: how a coordinator picks the dot of a put (actors, epochs,
 //!   `gen`, the restart mark) and how a replica stores an incoming state.
 //! - [`context`]: the opaque client context.
+//! - [`tree`]: the anti-entropy hash trees, their leaves and their diffs.
 
 pub mod causality;
 mod claim;
@@ -21,6 +22,7 @@ pub mod detector;
 pub mod hash;
 pub mod membership;
 pub mod ring;
+pub mod tree;
 pub mod version;
 
 /// Identifier of a node: random, created on the node's first start and kept

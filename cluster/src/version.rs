@@ -317,13 +317,18 @@ impl State {
     /// Returns the xxh3-128 digest of the key length (u64 big-endian), the
     /// key and the canonical encoding, so equal states of a key hash equally.
     pub fn digest(&self, key: &[u8]) -> u128 {
-        let encoded = self.encode();
-        let mut input = Vec::with_capacity(8 + key.len() + encoded.len());
-        input.extend_from_slice(&(key.len() as u64).to_be_bytes());
-        input.extend_from_slice(key);
-        input.extend_from_slice(&encoded);
-        digest128(&input)
+        digest_of_encoding(key, &self.encode())
     }
+}
+
+/// Returns [`State::digest`] of a state from its canonical encoding, so a
+/// caller that holds the encoded bytes need not decode and encode again.
+pub fn digest_of_encoding(key: &[u8], encoded: &[u8]) -> u128 {
+    let mut input = Vec::with_capacity(8 + key.len() + encoded.len());
+    input.extend_from_slice(&(key.len() as u64).to_be_bytes());
+    input.extend_from_slice(key);
+    input.extend_from_slice(encoded);
+    digest128(&input)
 }
 
 /// Picks the value kept when two states contain one dot with different values:
