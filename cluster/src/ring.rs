@@ -108,6 +108,19 @@ impl Ring {
         self.preference_list(self.partition_for_key(key))
     }
 
+    /// Stand-ins of `partition` for sloppy quorum: the nodes beyond its
+    /// preference list, in the order a clockwise walk from the partition
+    /// meets them. Empty when the ring has N nodes or fewer.
+    pub fn stand_ins(&self, partition: u32) -> Vec<NodeId> {
+        let q = self.owners.len();
+        if q == 0 {
+            return Vec::new();
+        }
+        let mut walk = self.walk_from(partition as usize % q, q);
+        let listed = (self.replicas as usize).min(walk.len());
+        walk.split_off(listed)
+    }
+
     /// Distinct nodes that own at least one partition, sorted by id.
     pub fn nodes(&self) -> Vec<NodeId> {
         let distinct: BTreeSet<NodeId> = self.owners.iter().copied().collect();
@@ -414,6 +427,37 @@ mod tests {
             rings.push(last.with_nodes_added(&[node_id(i)], first));
         }
         rings
+    }
+
+    #[test]
+    fn stand_ins_follow_the_preference_list() {
+        let rings = grow(64, 3, 6);
+        for ring in &rings {
+            let nodes = ring.nodes();
+            for partition in 0..ring.partitions {
+                let list = ring.preference_list(partition);
+                let stand_ins = ring.stand_ins(partition);
+                assert_eq!(
+                    list.len() + stand_ins.len(),
+                    nodes.len(),
+                    "partition {partition}: list and stand-ins together hold every node once"
+                );
+                assert!(
+                    stand_ins.iter().all(|node| !list.contains(node)),
+                    "partition {partition}: a stand-in is also in the preference list"
+                );
+                // The walk from the partition with no length limit starts with
+                // the preference list and continues with the stand-ins.
+                let mut walk = list.clone();
+                walk.extend(stand_ins.iter().copied());
+                assert_eq!(walk, ring.walk_from(partition as usize, nodes.len()));
+            }
+        }
+        let small = &rings[2];
+        assert!(
+            small.stand_ins(0).is_empty(),
+            "a ring of N nodes has no stand-ins"
+        );
     }
 
     fn list_sets(ring: &Ring) -> Vec<BTreeSet<NodeId>> {
