@@ -220,7 +220,13 @@ impl Args {
 
     /// Returns the ringkv quorums of `--r` and `--w`.
     pub fn quorums(&self) -> (ReadOptions, WriteOptions) {
-        (ReadOptions { r: self.r }, WriteOptions { w: self.w })
+        (
+            ReadOptions { r: self.r },
+            WriteOptions {
+                w: self.w,
+                ..WriteOptions::default()
+            },
+        )
     }
 
     /// Returns the timeout of each request.

@@ -209,6 +209,7 @@ impl Client {
             context: context.map(|c| c.as_bytes().to_vec()).unwrap_or_default(),
             w: options.w.unwrap_or(0),
             forwarded: false,
+            strict_quorum: options.strict_quorum,
         };
         let reply = self
             .call_routed(Some(key), Idempotent::No, |this, channel| {
@@ -248,6 +249,7 @@ impl Client {
             w: options.w.unwrap_or(0),
             r: options.r.unwrap_or(0),
             forwarded: false,
+            strict_quorum: options.strict_quorum,
         };
         let reply = self
             .call_routed(Some(key), Idempotent::No, |this, channel| {

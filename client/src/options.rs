@@ -64,6 +64,11 @@ pub struct ReadOptions {
 pub struct WriteOptions {
     /// Write quorum, 1..=N; `None` uses the cluster's default.
     pub w: Option<u32>,
+    /// Strict quorum: only the replicas of the key's preference list count
+    /// towards W, never stand-ins that hold the write as a hint for a
+    /// replica that is down. The write fails with
+    /// [`crate::Error::QuorumFailed`] when too few of them acknowledge.
+    pub strict_quorum: bool,
 }
 
 /// Per-request settings of a delete.
@@ -73,4 +78,6 @@ pub struct DeleteOptions {
     pub w: Option<u32>,
     /// Read quorum of the read that a delete without context does first.
     pub r: Option<u32>,
+    /// Strict quorum for the tombstone, as in [`WriteOptions::strict_quorum`].
+    pub strict_quorum: bool,
 }

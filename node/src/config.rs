@@ -106,6 +106,12 @@ pub struct Config {
     #[arg(long, default_value_t = 1000)]
     pub gossip_interval_ms: u64,
 
+    /// Interval between rounds of hinted handoff, in milliseconds. Each
+    /// round sends the hints this node holds to their target nodes that the
+    /// failure detector reports up.
+    #[arg(long, default_value_t = 1000)]
+    pub hint_interval_ms: u64,
+
     /// Phi threshold of the failure detector: higher means slower to mark a
     /// silent peer down, with fewer false alarms.
     #[arg(long, default_value_t = 8.0)]
@@ -178,6 +184,7 @@ impl Config {
             ("request-timeout-ms", self.request_timeout_ms),
             ("message-deadline-ms", self.message_deadline_ms),
             ("gossip-interval-ms", self.gossip_interval_ms),
+            ("hint-interval-ms", self.hint_interval_ms),
             ("sync-interval-ms", self.sync_interval_ms),
         ] {
             if value == 0 {
@@ -202,6 +209,10 @@ impl Config {
 
     pub fn message_deadline(&self) -> Duration {
         Duration::from_millis(self.message_deadline_ms)
+    }
+
+    pub fn hint_interval(&self) -> Duration {
+        Duration::from_millis(self.hint_interval_ms)
     }
 
     /// The gRPC message size limit: above the largest state a merge of

@@ -9,6 +9,14 @@
 //! gets UNAVAILABLE, and the message says the write may still have been
 //! applied on some replicas.
 //!
+//! Sloppy quorum: a replica that the failure detector reports down, or whose
+//! write fails, is replaced by a stand-in, the next healthy node on the ring
+//! beyond the preference list. The stand-in stores the state as a hint for
+//! that replica, and its durable acknowledgement counts towards W. With
+//! strict quorum (a per-request option) only the preference list counts. A
+//! replica write that finally fails, with no stand-in to take it, becomes a
+//! hint on the coordinator (see `handoff.rs`).
+//!
 //! Contract of a read at quorum R: the coordinator reads its own copy and asks
 //! R-1 other replicas for their states (more when a copy is unknown or a
 //! replica fails), and asks the remaining replicas for a digest only. It
@@ -145,6 +153,7 @@ impl Node {
         value: Value,
         context: &[u8],
         w: u32,
+        strict_quorum: bool,
     ) -> Result<WriteResult, RequestError> {
         validate_key(key)?;
         if let Value::Data(bytes) = &value {
@@ -161,7 +170,7 @@ impl Node {
         let w = self.quorum(w, self.config.w, "W")?;
         let list = self.preference_list(key);
         self.check_list_size(&list, w, "W")?;
-        self.write_quorum(key, value, client_context, w, &list)
+        self.write_quorum(key, value, client_context, w, &list, strict_quorum)
             .await
     }
 
@@ -172,6 +181,7 @@ impl Node {
         client_context: VersionVector,
         w: usize,
         list: &[NodeId],
+        strict_quorum: bool,
     ) -> Result<WriteResult, RequestError> {
         self.stats.puts_coordinated.fetch_add(1, Ordering::Relaxed);
         let limits = crate::store::PutLimits {
@@ -196,15 +206,19 @@ impl Node {
                 commit.durable().await.map_err(|error| error.to_string()),
             )
         }));
-        for peer in list.iter().copied().filter(|id| *id != me) {
+        let stand_ins = if strict_quorum {
+            None
+        } else {
+            Some(Arc::new(StandIns::new(key)))
+        };
+        for replica in list.iter().copied().filter(|id| *id != me) {
             let node = self.clone();
             let key = key.to_vec();
             let state_bytes = state_bytes.clone();
+            let stand_ins = stand_ins.clone();
             pending.push(Box::pin(async move {
-                let result = node
-                    .send_replica_write(peer, &key, state_bytes.as_ref().clone())
-                    .await;
-                (peer, result)
+                let result = node.replicate(replica, &key, state_bytes, stand_ins).await;
+                (replica, result)
             }));
         }
 
@@ -226,26 +240,26 @@ impl Node {
             }
         }
 
-        // Whatever is still in flight finishes in the background.
+        // Whatever is still in flight finishes in the background; a replica
+        // write that fails there has already become a hint.
         if !pending.is_empty() {
-            let node = self.clone();
-            tokio::spawn(async move {
-                while let Some((peer, result)) = pending.next().await {
-                    if let Err(reason) = result {
-                        if let Some(suppressed) = node.warnings.admit("background replica write") {
-                            // NOTE: without hinted handoff the replica catches
-                            // up only when a read repairs the key.
-                            tracing::warn!(peer = %format_node_id(peer), %reason, suppressed, "background replica write failed");
-                        }
-                    }
-                }
-            });
+            tokio::spawn(async move { while pending.next().await.is_some() {} });
         }
 
         if acks < w {
             let detail = self.describe_failures(&failures);
+            let quorum = if strict_quorum {
+                "strict write quorum"
+            } else {
+                "write quorum"
+            };
+            let counted = if strict_quorum {
+                "from the preference list "
+            } else {
+                ""
+            };
             return Err(RequestError::Quorum(format!(
-                "write quorum not reached: {acks} of W={w} acknowledgements ({detail}). The write may still have been applied on some replicas; read the key before retrying"
+                "{quorum} not reached: {acks} of W={w} acknowledgements {counted}({detail}). The write may still have been applied on some replicas; read the key before retrying"
             )));
         }
 
@@ -266,6 +280,94 @@ impl Node {
         })
     }
 
+    /// Writes a key's state to `replica`, or to a stand-in that stores it as
+    /// a hint for `replica` when the failure detector reports the replica
+    /// down or its write fails. `stand_ins` is `None` under strict quorum.
+    /// A replica reported down is still tried last. When nothing
+    /// acknowledged, the state is stored as a hint on this node and the
+    /// reasons are returned.
+    async fn replicate(
+        self: &Arc<Self>,
+        replica: NodeId,
+        key: &[u8],
+        state: Arc<Vec<u8>>,
+        stand_ins: Option<Arc<StandIns>>,
+    ) -> Result<(), String> {
+        let reported_up = self.view.is_up(replica);
+        let mut reason = if reported_up {
+            match self
+                .send_replica_write(replica, key, state.as_ref().clone())
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(reason) => reason,
+            }
+        } else {
+            "down (failure detector)".to_string()
+        };
+
+        let mut tried = Vec::new();
+        if let Some(stand_ins) = &stand_ins {
+            while let Some(stand_in) = stand_ins.next(self) {
+                match self
+                    .send_hinted_write(stand_in, replica, key, state.as_ref().clone())
+                    .await
+                {
+                    Ok(()) => return Ok(()),
+                    Err(failure) => tried.push(format!(
+                        "stand-in {} failed: {failure}",
+                        self.describe_node(stand_in)
+                    )),
+                }
+            }
+        }
+
+        if stand_ins.is_some() {
+            if tried.is_empty() {
+                reason.push_str("; no healthy stand-in beyond the preference list");
+            } else {
+                reason.push_str(&format!("; {}", tried.join("; ")));
+            }
+        }
+        if !reported_up {
+            // Suspicions under load are sometimes false, so a replica reported
+            // down still gets the write when no stand-in took it.
+            match self
+                .send_replica_write(replica, key, state.as_ref().clone())
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(failure) => reason.push_str(&format!("; direct write failed: {failure}")),
+            }
+        }
+        if let Some(suppressed) = self.warnings.admit("replica write kept as a local hint") {
+            tracing::warn!(replica = %self.describe_node(replica), %reason, suppressed, "replica write failed; storing it as a hint on this node");
+        }
+        self.store_local_hint(replica, key, &state).await;
+        Err(reason)
+    }
+
+    /// Sends a key's state to `stand_in` as a hint for `replica` and waits
+    /// for the stand-in's durable acknowledgement.
+    async fn send_hinted_write(
+        self: &Arc<Self>,
+        stand_in: NodeId,
+        replica: NodeId,
+        key: &[u8],
+        state: Vec<u8>,
+    ) -> Result<(), String> {
+        let item = ReplicaItem {
+            key: key.to_vec(),
+            write: true,
+            state,
+            digest_only: false,
+            hint_for: replica,
+        };
+        self.send_replica_item(stand_in, item, self.config.message_deadline())
+            .await
+            .map(|_| ())
+    }
+
     /// Sends a key's state to one replica and waits for its durable
     /// acknowledgement.
     pub async fn send_replica_write(
@@ -279,6 +381,7 @@ impl Node {
             write: true,
             state,
             digest_only: false,
+            hint_for: 0,
         };
         self.send_replica_item(peer, item, self.config.message_deadline())
             .await
@@ -296,6 +399,7 @@ impl Node {
             write: false,
             state: Vec::new(),
             digest_only,
+            hint_for: 0,
         };
         let response = self
             .send_replica_item(peer, item, self.config.request_timeout())
@@ -546,7 +650,10 @@ impl Node {
                 Ok(()) => repaired += 1,
                 Err(reason) => {
                     if let Some(suppressed) = self.warnings.admit("read repair") {
-                        tracing::warn!(peer = %format_node_id(peer), %reason, suppressed, "read repair failed");
+                        tracing::warn!(peer = %format_node_id(peer), %reason, suppressed, "read repair failed; storing the repair as a hint for the replica");
+                    }
+                    if peer != self.node_id() {
+                        self.store_local_hint(peer, key, &state_bytes).await;
                     }
                 }
             }
@@ -564,6 +671,7 @@ impl Node {
         context: &[u8],
         w: u32,
         r: u32,
+        strict_quorum: bool,
     ) -> Result<WriteResult, RequestError> {
         validate_key(key)?;
         if context.is_empty() {
@@ -577,10 +685,11 @@ impl Node {
             }
             let context = encode_context(key, &read.state.context);
             return self
-                .coordinate_put(key, Value::Tombstone, &context, w)
+                .coordinate_put(key, Value::Tombstone, &context, w, strict_quorum)
                 .await;
         }
-        self.coordinate_put(key, Value::Tombstone, context, w).await
+        self.coordinate_put(key, Value::Tombstone, context, w, strict_quorum)
+            .await
     }
 
     /// Reads a key at R=N from every replica and repairs them: the repair
@@ -594,6 +703,42 @@ impl Node {
                 tracing::warn!(%error, suppressed, "repair of an unreadable record failed; the next read of the key retries it");
             }
         }
+    }
+}
+
+/// The stand-ins of one write, handed out one at a time so that two
+/// replicas of the write never get the same stand-in.
+struct StandIns {
+    key: Vec<u8>,
+    /// Stand-ins not handed out yet, computed from the ring on first use.
+    remaining: std::sync::Mutex<Option<std::collections::VecDeque<NodeId>>>,
+}
+
+impl StandIns {
+    fn new(key: &[u8]) -> StandIns {
+        StandIns {
+            key: key.to_vec(),
+            remaining: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Returns the next stand-in that the failure detector reports up, in
+    /// ring order beyond the preference list, or `None` when none is left.
+    fn next(&self, node: &Node) -> Option<NodeId> {
+        let mut remaining = self
+            .remaining
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let queue = remaining.get_or_insert_with(|| {
+            let ring = node.view.ring();
+            ring.stand_ins(ring.partition_for_key(&self.key)).into()
+        });
+        while let Some(candidate) = queue.pop_front() {
+            if candidate != node.node_id() && node.view.is_up(candidate) {
+                return Some(candidate);
+            }
+        }
+        None
     }
 }
 

@@ -4,6 +4,8 @@ mod config;
 mod coordinator;
 mod error;
 mod gossip;
+mod handoff;
+mod hints;
 mod meta;
 mod node;
 mod outbox;

@@ -24,6 +24,8 @@ pub struct Node {
     pub restart_mark: u64,
     /// Rate limit of warnings about failures handled in the background.
     pub warnings: crate::stats::LogLimiter,
+    /// Hints held for other nodes (hinted handoff).
+    pub hints: Arc<crate::hints::HintStore>,
 }
 
 impl Node {

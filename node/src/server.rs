@@ -141,6 +141,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         StoragePool::start(config.storage_threads as usize)
             .context("cannot start the storage threads")?,
     ));
+    let hints = {
+        let store = store.clone();
+        let partitions = ring.partitions;
+        tokio::task::spawn_blocking(move || crate::hints::HintStore::open(store, partitions))
+            .await?
+            .context("cannot read the hints held for other nodes")?
+    };
     let view = ClusterView::new(
         info.node_id,
         address.clone(),
@@ -159,6 +166,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         generation: info.generation,
         restart_mark: info.restart_mark,
         warnings: crate::stats::LogLimiter::new(Duration::from_secs(10)),
+        hints: Arc::new(hints),
         config: config.clone(),
     });
     node.view.beat(node.generation, node.store.holds_data());
@@ -205,11 +213,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let gossip_task = tokio::spawn(node.clone().run_gossip(shutdown_rx.clone()));
     let repair_task = tokio::spawn(run_repairs(node.clone(), repair_rx, shutdown_rx.clone()));
+    let handoff_task = tokio::spawn(node.clone().run_hint_delivery(shutdown_rx.clone()));
 
     let served = server_task.await?;
     let _ = shutdown_tx.send(true);
     let _ = gossip_task.await;
     let _ = repair_task.await;
+    let _ = handoff_task.await;
     served.context("the gRPC server failed")?;
 
     // Final flush, then the clean-stop marker.

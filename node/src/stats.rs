@@ -13,6 +13,8 @@ pub struct Stats {
     pub forwarded: AtomicU64,
     pub replica_batches_sent: AtomicU64,
     pub replica_items_sent: AtomicU64,
+    /// Hints acknowledged by their target and then deleted.
+    pub hints_delivered: AtomicU64,
 }
 
 /// Limits repeated warnings of one kind to one line per interval, reporting

@@ -127,6 +127,23 @@ impl LocalStore {
         &self.commit
     }
 
+    /// The engine, for spaces other than data (hints).
+    pub(crate) fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    /// The storage threads that every engine call runs on.
+    pub(crate) fn pool(&self) -> &StoragePool {
+        &self.pool
+    }
+
+    /// Takes the lock of a user key, which guards its data and its hints.
+    pub(crate) fn lock_key(&self, key: &[u8]) -> std::sync::MutexGuard<'_, ()> {
+        self.lock_for(&storage_key(key))
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn lock_for(&self, stored_key: &[u8]) -> &Mutex<()> {
         let hash = kv_cluster::hash::digest128(stored_key) as usize;
         &self.locks[hash % LOCK_STRIPES]
@@ -248,8 +265,18 @@ impl LocalStore {
             .lock_for(&stored_key)
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.merge_locked(key, &stored_key, incoming)
+    }
 
-        let local = self.read_blocking(key, &stored_key)?;
+    /// Merges an incoming state into the local copy (blocking). The caller
+    /// holds the key's lock and makes the result durable.
+    pub(crate) fn merge_locked(
+        &self,
+        key: &[u8],
+        stored_key: &[u8],
+        incoming: &State,
+    ) -> Result<Stored, StoreError> {
+        let local = self.read_blocking(key, stored_key)?;
         let stored = store_incoming(&local, incoming, self.epochs.value());
         if stored.dot_conflicts > 0 {
             self.stats
@@ -258,7 +285,7 @@ impl LocalStore {
             tracing::error!(key = %crate::coordinator::display_key(key), conflicts = stored.dot_conflicts, "two replicas hold the same dot with different values; kept the value with the larger digest");
         }
         if stored.changed {
-            self.write_blocking(&stored_key, &stored.state, stored.gen)?;
+            self.write_blocking(stored_key, &stored.state, stored.gen)?;
         }
         Ok(stored)
     }

@@ -48,7 +48,15 @@ async fn corrupt_record_is_not_served_and_gets_repaired() {
         let mut cluster = TestCluster::start(3).await;
         let client = cluster.client().await;
         client
-            .put_with("ledger", "balance=10", None, WriteOptions { w: Some(3) })
+            .put_with(
+                "ledger",
+                "balance=10",
+                None,
+                WriteOptions {
+                    w: Some(3),
+                    ..Default::default()
+                },
+            )
             .await
             .expect("put on all three");
 
@@ -121,6 +129,7 @@ async fn blind_put_onto_corrupt_record_keeps_both_values() {
             context: Vec::new(),
             w: 3,
             forwarded: false,
+            strict_quorum: false,
         })
         .await
         .expect("put v1 through node A");
@@ -137,6 +146,7 @@ async fn blind_put_onto_corrupt_record_keeps_both_values() {
             context: Vec::new(),
             w: 3,
             forwarded: false,
+            strict_quorum: false,
         })
         .await
         .expect("blind put v2 through node A");

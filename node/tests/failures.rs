@@ -28,7 +28,15 @@ async fn quorum_holds_with_one_node_killed() {
         for index in 0..10 {
             let key = format!("during-{index}");
             client
-                .put_with(&key, "v1", None, WriteOptions { w: Some(2) })
+                .put_with(
+                    &key,
+                    "v1",
+                    None,
+                    WriteOptions {
+                        w: Some(2),
+                        ..Default::default()
+                    },
+                )
                 .await
                 .expect("W=2 put with one node down");
             let read = client
@@ -42,7 +50,15 @@ async fn quorum_holds_with_one_node_killed() {
 
         // W=3 cannot be met, and the error says why.
         match client
-            .put_with("strict", "v", None, WriteOptions { w: Some(3) })
+            .put_with(
+                "strict",
+                "v",
+                None,
+                WriteOptions {
+                    w: Some(3),
+                    ..Default::default()
+                },
+            )
             .await
         {
             Err(Error::QuorumFailed { message }) => {
@@ -71,10 +87,20 @@ async fn quorum_holds_with_one_node_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_node_keeps_data_and_read_repair_catches_it_up() {
     tokio::time::timeout(TEST_DEADLINE, async {
-        let mut cluster = TestCluster::start(3).await;
+        // Hinted handoff would deliver the missed write on its own; a long
+        // interval holds it back, so only read repair can catch the node up.
+        let mut cluster = TestCluster::start_with(3, &["--hint-interval-ms", "600000"]).await;
         let client = cluster.client().await;
         client
-            .put_with("kept", "old", None, WriteOptions { w: Some(3) })
+            .put_with(
+                "kept",
+                "old",
+                None,
+                WriteOptions {
+                    w: Some(3),
+                    ..Default::default()
+                },
+            )
             .await
             .expect("put on all three");
 
@@ -225,6 +251,7 @@ async fn unclean_restart_continues_under_fresh_epoch() {
                     context,
                     w: 3,
                     forwarded: false,
+                    strict_quorum: false,
                 })
                 .await
                 .expect("put through the first node")

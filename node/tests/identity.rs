@@ -109,7 +109,10 @@ async fn join_into_cluster_with_data_is_refused() {
                 "present",
                 "data",
                 None,
-                kv_client::WriteOptions { w: Some(1) },
+                kv_client::WriteOptions {
+                    w: Some(1),
+                    ..Default::default()
+                },
             )
             .await
             .expect("put into a one-node cluster at W=1");

@@ -177,7 +177,15 @@ async fn invalid_input_is_rejected_and_not_stored() {
 
         // W above N is rejected too.
         let result = client
-            .put_with("key", "value", None, WriteOptions { w: Some(4) })
+            .put_with(
+                "key",
+                "value",
+                None,
+                WriteOptions {
+                    w: Some(4),
+                    ..Default::default()
+                },
+            )
             .await;
         assert_invalid(result, "W=4");
     })
@@ -250,6 +258,7 @@ async fn request_to_non_replica_is_forwarded() {
             context: Vec::new(),
             w: 2,
             forwarded: false,
+            strict_quorum: false,
         })
         .await
         .expect("put through a non-replica");

@@ -28,6 +28,7 @@ fn read(key: &str, digest_only: bool) -> ReplicaItem {
         write: false,
         state: Vec::new(),
         digest_only,
+        hint_for: 0,
     }
 }
 
@@ -37,6 +38,7 @@ fn write(key: &str, state: Vec<u8>) -> ReplicaItem {
         write: true,
         state,
         digest_only: false,
+        hint_for: 0,
     }
 }
 

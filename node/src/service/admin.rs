@@ -8,6 +8,7 @@ use kv_cluster::context::encode_context;
 use kv_cluster::format_node_id;
 use kv_cluster::version::Value;
 use kv_proto::v1::admin_server::Admin;
+use kv_proto::v1::PendingHints;
 use kv_proto::v1::{
     AdminReplicaReadRequest, AdminReplicaReadResponse, MemberInfo, MembersRequest, MembersResponse,
     ReplicaState, RingRequest, RingResponse, StatusRequest, StatusResponse,
@@ -15,6 +16,19 @@ use kv_proto::v1::{
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
+
+/// Hints held per target node, for `Status`.
+fn pending_hints(node: &Node) -> Vec<PendingHints> {
+    node.hints
+        .counts()
+        .into_iter()
+        .map(|(target, hints)| PendingHints {
+            node_id: format_node_id(target),
+            address: node.view.address_of(target).unwrap_or_default(),
+            hints,
+        })
+        .collect()
+}
 
 /// The `Admin` service.
 pub struct AdminService {
@@ -56,6 +70,8 @@ impl Admin for AdminService {
             generation: node.generation,
             epoch: node.meta.epochs().value(),
             restart_mark: node.restart_mark,
+            pending_hints: pending_hints(node),
+            hints_delivered: stats.hints_delivered.load(Ordering::Relaxed),
         }))
     }
 

@@ -136,6 +136,7 @@ impl Kv for KvService {
                         Value::Data(request.value),
                         &request.context,
                         request.w,
+                        request.strict_quorum,
                     )
                     .await?;
                 Ok(Response::new(PutResponse {
@@ -166,7 +167,13 @@ impl Kv for KvService {
             Route::Local => {
                 let written = self
                     .node
-                    .coordinate_delete(&request.key, &request.context, request.w, request.r)
+                    .coordinate_delete(
+                        &request.key,
+                        &request.context,
+                        request.w,
+                        request.r,
+                        request.strict_quorum,
+                    )
                     .await?;
                 Ok(Response::new(DeleteResponse {
                     context: written.context,

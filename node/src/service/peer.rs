@@ -11,6 +11,7 @@ use kv_proto::v1::{
     GossipRequest, GossipResponse, JoinRequest, JoinResponse, PeerHeader, ReplicaBatchRequest,
     ReplicaBatchResponse, ReplicaItem, ReplicaItemResult, ReplicaState,
 };
+use kv_proto::v1::{HintsForPartitionRequest, HintsForPartitionResponse};
 use kv_proto::FORMAT_VERSION;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -70,6 +71,17 @@ impl PeerService {
         };
         Ok((op, item.key, false))
     }
+}
+
+/// Checks a hinted write, which this node stores as a stand-in for the node
+/// named by `hint_for`, and returns its key and state. It is not checked
+/// against this node's preference lists, because a stand-in is outside them.
+fn prepare_hint(item: &ReplicaItem) -> Result<(Vec<u8>, State), Status> {
+    validate_key(&item.key)?;
+    let state = State::decode(&item.state).map_err(|error| {
+        Status::invalid_argument(format!("hinted write with an invalid state: {error}"))
+    })?;
+    Ok((item.key.clone(), state))
 }
 
 /// Result of an item that failed with `status`.
@@ -138,7 +150,19 @@ impl Peer for PeerService {
         let mut results = vec![ReplicaItemResult::default(); request.items.len()];
         let mut ops = Vec::new();
         let mut accepted = Vec::new();
+        let mut hints = Vec::new();
+        let mut hinted = Vec::new();
         for (index, item) in request.items.into_iter().enumerate() {
+            if item.write && item.hint_for != 0 && item.hint_for != self.node.node_id() {
+                match prepare_hint(&item) {
+                    Ok((key, state)) => {
+                        hints.push((key, item.hint_for, state));
+                        hinted.push(index);
+                    }
+                    Err(status) => results[index] = failed(&status),
+                }
+                continue;
+            }
             match self.prepare(header.as_ref(), item) {
                 Ok((op, key, digest_only)) => {
                     ops.push(op);
@@ -147,14 +171,23 @@ impl Peer for PeerService {
                 Err(status) => results[index] = failed(&status),
             }
         }
-        let outcomes = within_timeout(header.as_ref(), async {
-            self.node
-                .store
-                .apply_batch(ops)
-                .await
-                .map_err(|error| Status::internal(error.to_string()))
+        let (outcomes, hint_outcomes) = within_timeout(header.as_ref(), async {
+            let (outcomes, hint_outcomes) = tokio::join!(
+                self.node.store.apply_batch(ops),
+                self.node.hints.store(hints)
+            );
+            let internal = |error: crate::store::StoreError| Status::internal(error.to_string());
+            Ok((
+                outcomes.map_err(internal)?,
+                hint_outcomes.map_err(internal)?,
+            ))
         })
         .await?;
+        for (index, outcome) in hinted.into_iter().zip(hint_outcomes) {
+            if let Err(error) = outcome {
+                results[index] = failed(&Status::internal(error.to_string()));
+            }
+        }
         for ((index, key, digest_only), outcome) in accepted.into_iter().zip(outcomes) {
             results[index] = match outcome {
                 Ok(ReplicaOpResult::Read(local)) => read_result(&key, local, digest_only),
@@ -181,5 +214,30 @@ impl Peer for PeerService {
         Ok(Response::new(
             self.node.handle_join(request.into_inner()).await?,
         ))
+    }
+
+    async fn hints_for_partition(
+        &self,
+        request: Request<HintsForPartitionRequest>,
+    ) -> Result<Response<HintsForPartitionResponse>, Status> {
+        let request = request.into_inner();
+        self.node.check_header(request.header.as_ref())?;
+        let partitions = self.node.view.ring().partitions;
+        if request.partition >= partitions {
+            return Err(Status::invalid_argument(format!(
+                "invalid partition {}: the ring has {partitions} partitions, numbered from 0",
+                request.partition
+            )));
+        }
+        let holds_hints = self
+            .node
+            .hints
+            .holds_partition(request.partition)
+            .await
+            .map_err(|error| Status::internal(error.to_string()))?;
+        Ok(Response::new(HintsForPartitionResponse {
+            format_version: FORMAT_VERSION,
+            holds_hints,
+        }))
     }
 }

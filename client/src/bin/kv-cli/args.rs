@@ -108,6 +108,10 @@ pub struct PutArgs {
     /// Write quorum, 1..=N (default: the cluster's W).
     #[arg(long, value_name = "N", value_parser = parse_quorum)]
     pub w: Option<u32>,
+    /// Count only the key's own replicas towards W, not stand-ins that hold
+    /// the value as a hint for a replica that is down.
+    #[arg(long)]
+    pub strict_quorum: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -125,6 +129,10 @@ pub struct DeleteArgs {
     /// (default: the cluster's R).
     #[arg(long, value_name = "N", value_parser = parse_quorum)]
     pub r: Option<u32>,
+    /// Count only the key's own replicas towards W, not stand-ins that hold
+    /// the tombstone as a hint for a replica that is down.
+    #[arg(long)]
+    pub strict_quorum: bool,
 }
 
 /// Input formats of `import`.

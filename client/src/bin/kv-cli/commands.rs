@@ -211,7 +211,10 @@ pub async fn put(client: &Client, args: &PutArgs, json: bool) -> anyhow::Result<
             &args.key,
             value,
             context.as_ref(),
-            WriteOptions { w: args.w },
+            WriteOptions {
+                w: args.w,
+                strict_quorum: args.strict_quorum,
+            },
         )
         .await?;
     print_write(&args.key, &written.context, &written.siblings, json);
@@ -241,6 +244,7 @@ pub async fn delete(client: &Client, args: &DeleteArgs, json: bool) -> anyhow::R
     let options = DeleteOptions {
         w: args.w,
         r: args.r,
+        strict_quorum: args.strict_quorum,
     };
     let deleted = client
         .delete_with(&args.key, context.as_ref(), options)
@@ -482,6 +486,16 @@ fn status_json(status: &StatusResponse) -> serde_json::Value {
         "forwarded": status.forwarded,
         "replica_batches_sent": status.replica_batches_sent,
         "replica_items_sent": status.replica_items_sent,
+        "hints_delivered": status.hints_delivered,
+        "pending_hints": status
+            .pending_hints
+            .iter()
+            .map(|pending| json!({
+                "node_id": pending.node_id,
+                "address": pending.address,
+                "hints": pending.hints,
+            }))
+            .collect::<Vec<_>>(),
     })
 }
 
@@ -510,6 +524,32 @@ pub async fn status(
         println!("{line}");
     }
     Ok(())
+}
+
+/// Renders the hints a node holds per target node and how many it delivered.
+fn hint_line(status: &StatusResponse) -> String {
+    let delivered = status.hints_delivered;
+    if status.pending_hints.is_empty() {
+        return format!("hinted handoff: no hints held, {delivered} delivered since start");
+    }
+    let held: Vec<String> = status
+        .pending_hints
+        .iter()
+        .map(|pending| {
+            if pending.address.is_empty() {
+                format!("{} for {}", pending.hints, pending.node_id)
+            } else {
+                format!(
+                    "{} for {} ({})",
+                    pending.hints, pending.node_id, pending.address
+                )
+            }
+        })
+        .collect();
+    format!(
+        "hinted handoff: hints held: {}; {delivered} delivered since start",
+        held.join(", ")
+    )
 }
 
 /// Renders a status as human-readable lines, related fields grouped.
@@ -551,6 +591,7 @@ pub fn status_lines(status: &StatusResponse) -> Vec<String> {
             "replica messages since start: {} items in {} batches",
             status.replica_items_sent, status.replica_batches_sent
         ),
+        hint_line(status),
     ]
 }
 
@@ -614,6 +655,37 @@ mod tests {
             lines.contains(&"ring: not ready: waiting for 7402".to_string()),
             "{lines:?}"
         );
+    }
+
+    #[test]
+    fn status_lines_show_hints_per_target() {
+        let status = StatusResponse {
+            pending_hints: vec![
+                kv_client::proto::PendingHints {
+                    node_id: "a1".into(),
+                    address: "127.0.0.1:7402".into(),
+                    hints: 5,
+                },
+                kv_client::proto::PendingHints {
+                    node_id: "b2".into(),
+                    address: String::new(),
+                    hints: 1,
+                },
+            ],
+            hints_delivered: 7,
+            ..StatusResponse::default()
+        };
+        let lines = status_lines(&status);
+        let expected =
+            "hinted handoff: hints held: 5 for a1 (127.0.0.1:7402), 1 for b2; 7 delivered since start";
+        assert!(lines.contains(&expected.to_string()), "{lines:?}");
+    }
+
+    #[test]
+    fn status_lines_show_no_hints() {
+        let lines = status_lines(&StatusResponse::default());
+        let expected = "hinted handoff: no hints held, 0 delivered since start";
+        assert!(lines.contains(&expected.to_string()), "{lines:?}");
     }
 
     #[test]
