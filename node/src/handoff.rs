@@ -21,6 +21,7 @@
 //!
 //! No hint is ever dropped: one that fails stays for the next round.
 
+use crate::hints::{after_target, successor, HeldHint};
 use crate::node::Node;
 use futures::stream::{FuturesUnordered, StreamExt};
 use kv_cluster::version::State;
@@ -79,7 +80,7 @@ impl Node {
                 _ = ticker.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            if self.hints.total() == 0 {
+            if !self.has_hints_to_deliver() {
                 continue;
             }
             tokio::select! {
@@ -89,14 +90,39 @@ impl Node {
         }
     }
 
-    /// Runs one delivery round over every held hint.
+    /// Returns whether a round could send or move a hint: some target of
+    /// the held hints is up, is this node, or has left the ring.
+    ///
+    /// NOTE: while every target is down and in the ring, no round runs, so
+    /// hints of a down target that no longer replicates their key are moved
+    /// only once it is up again or has left the ring.
+    fn has_hints_to_deliver(&self) -> bool {
+        let ring_nodes = self.view.ring().nodes();
+        self.hints.counts().keys().any(|target| {
+            *target == self.node_id() || !ring_nodes.contains(target) || self.view.is_up(*target)
+        })
+    }
+
+    /// Returns whether `hint` waits for its target: a down or unreachable
+    /// node that replicates the hint's partition. The other hints of that
+    /// partition for that target wait too.
+    fn waits_for_target(&self, hint: &HeldHint, unreachable: &BTreeSet<NodeId>) -> bool {
+        let target = hint.target;
+        target != self.node_id()
+            && (unreachable.contains(&target) || !self.view.is_up(target))
+            && self.preference_list(&hint.key).contains(&target)
+    }
+
+    /// Runs one delivery round over the held hints. The hints of a
+    /// partition for a target that is down are skipped with one seek, so a
+    /// round does not read every hint held for a down node.
     async fn deliver_hints(self: &Arc<Self>) {
         let mut counts = RoundCounts::default();
         // A target that failed once is skipped for the rest of the round.
         let mut unreachable: BTreeSet<NodeId> = BTreeSet::new();
-        let mut after: Option<Vec<u8>> = None;
+        let mut start: Vec<u8> = Vec::new();
         loop {
-            let page = match self.hints.page(after.take(), DELIVERY_PAGE).await {
+            let page = match self.hints.page(start.clone(), DELIVERY_PAGE).await {
                 Ok(page) => page,
                 Err(error) => {
                     tracing::error!(%error, "cannot read the held hints; retrying next round");
@@ -104,8 +130,21 @@ impl Node {
                 }
             };
             let Some(last) = page.last() else { break };
-            after = Some(last.hint_key.clone());
-            self.deliver_page(page, &mut unreachable, &mut counts).await;
+            let mut next = Some(successor(&last.hint_key));
+            let mut batch = Vec::with_capacity(page.len());
+            for hint in page {
+                if self.waits_for_target(&hint, &unreachable) {
+                    next = after_target(hint.partition, hint.target);
+                    break;
+                }
+                batch.push(hint);
+            }
+            self.deliver_page(batch, &mut unreachable, &mut counts)
+                .await;
+            match next {
+                Some(key) => start = key,
+                None => break,
+            }
         }
 
         self.stats
@@ -135,20 +174,18 @@ impl Node {
 
     async fn deliver_page(
         self: &Arc<Self>,
-        page: Vec<crate::hints::HeldHint>,
+        page: Vec<HeldHint>,
         unreachable: &mut BTreeSet<NodeId>,
         counts: &mut RoundCounts,
     ) {
         let me = self.node_id();
         let mut sends = FuturesUnordered::new();
         for hint in page {
-            let crate::hints::HeldHint {
-                key, target, state, ..
-            } = hint;
-            let Some(state) = state else {
+            let Some(state) = hint.state() else {
                 counts.unreadable += 1;
                 continue;
             };
+            let HeldHint { key, target, .. } = hint;
             let owners = self.preference_list(&key);
             if target == me || !owners.contains(&target) {
                 let destinations = if target == me && owners.contains(&me) {

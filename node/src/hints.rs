@@ -33,12 +33,21 @@ const HASH_LEN: usize = 8;
 pub struct HeldHint {
     /// Storage key of the hint in the hints space.
     pub hint_key: Vec<u8>,
+    pub partition: u32,
     /// Node the hint is meant for.
     pub target: NodeId,
     /// User key.
     pub key: Vec<u8>,
-    /// The state to deliver; `None` when the stored record is unreadable.
-    pub state: Option<State>,
+    /// The stored record, decoded by [`HeldHint::state`].
+    record: Vec<u8>,
+}
+
+impl HeldHint {
+    /// Decodes the state to deliver; `None` when the stored record is
+    /// unreadable.
+    pub fn state(&self) -> Option<State> {
+        decode_hint(&self.record).ok()
+    }
 }
 
 /// The hints this node holds, with a count per target node.
@@ -71,6 +80,19 @@ pub fn parse_hint_key(hint_key: &[u8]) -> Option<(u32, NodeId, Vec<u8>)> {
     let target = NodeId::from_be_bytes(hint_key[4..PREFIX_LEN].try_into().ok()?);
     let key = hint_key[PREFIX_LEN + HASH_LEN..].to_vec();
     Some((partition, target, key))
+}
+
+/// Returns the first hint key after every hint of `partition` for `target`,
+/// or `None` when no hint key can follow them.
+pub fn after_target(partition: u32, target: NodeId) -> Option<Vec<u8>> {
+    match target.checked_add(1) {
+        Some(next) => {
+            let mut out = partition.to_be_bytes().to_vec();
+            out.extend_from_slice(&next.to_be_bytes());
+            Some(out)
+        }
+        None => partition_hint_range(partition).1,
+    }
 }
 
 /// Returns the key range `[start, end)` of the hints of one partition.
@@ -248,29 +270,28 @@ impl HintStore {
             .await?
     }
 
-    /// Reads up to `limit` hints in key order, starting after `after`
-    /// (from the start when `None`).
+    /// Reads up to `limit` hints in key order, from the hint key `start`
+    /// on. Keys that do not parse as hint keys are left out.
     pub async fn page(
         self: &Arc<Self>,
-        after: Option<Vec<u8>>,
+        start: Vec<u8>,
         limit: usize,
     ) -> Result<Vec<HeldHint>, StoreError> {
         let store = self.store.clone();
         self.store
             .pool()
             .run(move || {
-                let start = after.as_deref().map(successor).unwrap_or_default();
                 let entries = store.engine().scan(Space::Hints, &start, None, limit)?;
                 let hints: Vec<HeldHint> = entries
                     .into_iter()
-                    .filter_map(|(hint_key, value)| {
-                        let (_, target, key) = parse_hint_key(&hint_key)?;
-                        let state = decode_hint(&value).ok();
+                    .filter_map(|(hint_key, record)| {
+                        let (partition, target, key) = parse_hint_key(&hint_key)?;
                         Some(HeldHint {
                             hint_key,
+                            partition,
                             target,
                             key,
-                            state,
+                            record,
                         })
                     })
                     .collect();
@@ -390,7 +411,7 @@ impl HintStore {
 }
 
 /// Returns the smallest key greater than `key`.
-fn successor(key: &[u8]) -> Vec<u8> {
+pub fn successor(key: &[u8]) -> Vec<u8> {
     let mut next = key.to_vec();
     next.push(0);
     next
@@ -449,7 +470,7 @@ mod tests {
     }
 
     async fn held(hints: &Arc<HintStore>) -> Vec<HeldHint> {
-        hints.page(None, 100).await.expect("read the hints")
+        hints.page(Vec::new(), 100).await.expect("read the hints")
     }
 
     #[tokio::test]
@@ -464,7 +485,7 @@ mod tests {
             .expect("store the first hint");
         // The delivery round reads the hint and sends it.
         let sent = held(&hints).await.remove(0);
-        let sent_digest = sent.state.expect("readable hint").digest(&key);
+        let sent_digest = sent.state().expect("readable hint").digest(&key);
 
         // A newer write reaches the stand-in while the delivery is in flight.
         hints
@@ -485,7 +506,7 @@ mod tests {
         assert!(!deleted, "a hint changed since it was sent was deleted");
         let remaining = held(&hints).await;
         assert_eq!(remaining.len(), 1);
-        let newer = remaining[0].state.clone().expect("readable hint");
+        let newer = remaining[0].state().expect("readable hint");
         assert_eq!(
             newer.live_values(),
             vec![b"new".as_slice()],
@@ -574,6 +595,19 @@ mod tests {
             let in_range = encoded.as_slice() >= start.as_slice() && encoded < end;
             assert_eq!(in_range, inside, "partition {partition}");
         }
+    }
+
+    #[test]
+    fn after_target_skips_one_target_of_a_partition() {
+        let next = after_target(3, 9).expect("a key follows");
+        assert!(
+            hint_key(3, 9, b"zzzz") < next,
+            "a hint of the target is not skipped"
+        );
+        assert!(next <= hint_key(3, 10, b"a"), "the next target is skipped");
+        let last = after_target(3, NodeId::MAX).expect("the next partition follows");
+        assert!(hint_key(3, NodeId::MAX, b"zzzz") < last);
+        assert!(last <= hint_key(4, 0, b"a"));
     }
 
     #[test]
