@@ -293,6 +293,11 @@ impl Node {
         state: Arc<Vec<u8>>,
         stand_ins: Option<Arc<StandIns>>,
     ) -> Result<(), String> {
+        // NOTE: a replica that hangs (paused, or cut off by a partition)
+        // while the detector still reports it up gets a stand-in only after
+        // the message deadline. With the defaults (10 s against a 5 s request
+        // timeout) a write that needs that stand-in fails until the detector
+        // reports the replica down.
         let reported_up = self.view.is_up(replica);
         let mut reason = if reported_up {
             match self
