@@ -97,8 +97,10 @@ pub struct Config {
     #[arg(long, default_value_t = 5000)]
     pub request_timeout_ms: u64,
 
-    /// Timeout of replica writes and read repairs sent to peers, in
-    /// milliseconds; the receiving peer gives up on the message after it.
+    /// Timeout of replica writes, writes to stand-ins, read repairs and hint
+    /// deliveries sent to peers, in milliseconds. The receiving peer gives up
+    /// on the message after it, and a replica write that misses it becomes a
+    /// hint.
     #[arg(long, default_value_t = 10_000)]
     pub message_deadline_ms: u64,
 
