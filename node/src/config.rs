@@ -123,6 +123,36 @@ pub struct Config {
     /// read quorum for a digest and repair them when they differ.
     #[arg(long, default_value_t = 1.0)]
     pub read_repair_chance: f64,
+
+    /// Active anti-entropy. "on" keeps a hash tree of every partition this
+    /// node replicates and compares it with the other replicas' trees, so
+    /// keys whose copies differ get repaired. "off" does neither.
+    #[arg(long, default_value = "on")]
+    pub aae: OnOff,
+
+    /// Interval between anti-entropy rounds, in milliseconds. Each round
+    /// compares this node's trees with those of every peer the failure
+    /// detector reports up, one peer at a time.
+    #[arg(long, default_value_t = 10_000)]
+    pub aae_interval_ms: u64,
+
+    /// Maximum keys per second that anti-entropy repairs. It waits rather
+    /// than go faster, so repairs leave room for client requests.
+    #[arg(long, default_value_t = 1000)]
+    pub aae_max_repairs_per_second: u64,
+
+    /// Age of a hash tree, in milliseconds, after which it is rebuilt by a
+    /// scan of its partition. A rebuilt tree that differs from the kept one
+    /// is logged as drift and replaces it.
+    #[arg(long, default_value_t = 3_600_000)]
+    pub aae_rebuild_interval_ms: u64,
+}
+
+/// Values of on/off settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 /// `--sync` values.
@@ -188,6 +218,12 @@ impl Config {
             ("gossip-interval-ms", self.gossip_interval_ms),
             ("hint-interval-ms", self.hint_interval_ms),
             ("sync-interval-ms", self.sync_interval_ms),
+            ("aae-interval-ms", self.aae_interval_ms),
+            (
+                "aae-max-repairs-per-second",
+                self.aae_max_repairs_per_second,
+            ),
+            ("aae-rebuild-interval-ms", self.aae_rebuild_interval_ms),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero { name });
@@ -207,6 +243,14 @@ impl Config {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn aae_interval(&self) -> Duration {
+        Duration::from_millis(self.aae_interval_ms)
+    }
+
+    pub fn aae_rebuild_interval(&self) -> Duration {
+        Duration::from_millis(self.aae_rebuild_interval_ms)
     }
 
     pub fn message_deadline(&self) -> Duration {

@@ -444,6 +444,10 @@ mod tests {
                 restart_mark: info.restart_mark,
                 holds_data: false,
                 write_sequence: meta.write_sequence(),
+                tree_geometry: kv_cluster::tree::TreeGeometry {
+                    partitions: PARTITIONS,
+                    leaves: kv_cluster::ring::DEFAULT_TREE_LEAVES,
+                },
             },
             engine,
             commit,

@@ -1,5 +1,6 @@
 //! `kv-node`: a ringkv database node. See `kv-node --help`.
 
+mod aae;
 mod config;
 mod coordinator;
 mod error;
@@ -15,6 +16,7 @@ mod server;
 mod service;
 mod stats;
 mod store;
+mod trees;
 mod view;
 
 use clap::Parser;

@@ -132,6 +132,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             restart_mark: info.restart_mark,
             holds_data,
             write_sequence: meta.write_sequence(),
+            tree_geometry: kv_cluster::tree::TreeGeometry::of_ring(&ring),
         },
         engine.clone(),
         commit.clone(),
@@ -214,12 +215,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let gossip_task = tokio::spawn(node.clone().run_gossip(shutdown_rx.clone()));
     let repair_task = tokio::spawn(run_repairs(node.clone(), repair_rx, shutdown_rx.clone()));
     let handoff_task = tokio::spawn(node.clone().run_hint_delivery(shutdown_rx.clone()));
+    let aae_task = tokio::spawn(node.clone().run_anti_entropy(shutdown_rx.clone()));
 
     let served = server_task.await?;
     let _ = shutdown_tx.send(true);
     let _ = gossip_task.await;
     let _ = repair_task.await;
     let _ = handoff_task.await;
+    let _ = aae_task.await;
     served.context("the gRPC server failed")?;
 
     // Final flush, then the clean-stop marker.

@@ -13,6 +13,13 @@ pub struct Stats {
     pub forwarded: AtomicU64,
     pub replica_batches_sent: AtomicU64,
     pub replica_items_sent: AtomicU64,
+    /// Anti-entropy: finished exchanges, keys repaired, and tree rebuilds
+    /// that found drift.
+    pub aae_exchanges: AtomicU64,
+    pub aae_keys_repaired: AtomicU64,
+    pub aae_tree_drift: AtomicU64,
+    /// Anti-entropy exchanges per peer this node started them with.
+    pub aae_peers: std::sync::Mutex<std::collections::BTreeMap<u64, crate::aae::PeerExchanges>>,
     /// Hints acknowledged by their target and then deleted.
     pub hints_delivered: AtomicU64,
 }

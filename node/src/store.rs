@@ -8,16 +8,21 @@
 //! calls run on the storage threads ([`StoragePool`]), never on the async
 //! executor threads.
 //!
+//! Every data write also updates the anti-entropy hash tree of the key's
+//! partition ([`Trees`]), under the key's lock.
+//!
 //! A record that fails its checksum or does not decode is *unknown*: it is
 //! never served, counted, logged, and queued for repair from other replicas.
 
 use crate::meta::{EpochCounter, EpochHandle};
 use crate::pool::{PoolError, StoragePool};
 use crate::stats::Stats;
+use crate::trees::{copy_digest, Trees};
 use kv_cluster::causality::{
     self, coordinate_put, store_incoming, EpochUnavailable, LocalCopy, PutOutcome, Stored,
 };
 use kv_cluster::hash::storage_key;
+use kv_cluster::tree::TreeGeometry;
 use kv_cluster::version::{State, Value, VersionVector};
 use kv_cluster::NodeId;
 use kv_storage::{record, Engine, GroupCommit, Space, StorageError, WriteOp};
@@ -59,6 +64,8 @@ pub struct StoreIdentity {
     pub holds_data: bool,
     /// Write sequence number, bumped with every data write.
     pub write_sequence: Arc<std::sync::atomic::AtomicU64>,
+    /// Partitions and hash-tree leaves of the cluster's ring.
+    pub tree_geometry: TreeGeometry,
 }
 
 /// One node's copy of its keys.
@@ -74,6 +81,8 @@ pub struct LocalStore {
     repair_tx: mpsc::UnboundedSender<Vec<u8>>,
     write_sequence: Arc<std::sync::atomic::AtomicU64>,
     pool: StoragePool,
+    /// Anti-entropy hash trees, updated by every data write.
+    trees: Arc<Trees>,
 }
 
 /// One replica operation of a batch from a peer.
@@ -103,7 +112,9 @@ impl LocalStore {
             restart_mark,
             holds_data,
             write_sequence,
+            tree_geometry,
         } = identity;
+        let trees = Arc::new(Trees::new(tree_geometry, engine.clone()));
         LocalStore {
             node_id,
             engine,
@@ -116,7 +127,12 @@ impl LocalStore {
             repair_tx,
             write_sequence,
             pool,
+            trees,
         }
+    }
+
+    pub fn trees(&self) -> &Arc<Trees> {
+        &self.trees
     }
 
     pub fn holds_data(&self) -> bool {
@@ -170,11 +186,23 @@ impl LocalStore {
         }
     }
 
-    fn write_blocking(&self, stored_key: &[u8], state: &State, gen: u64) -> Result<(), StoreError> {
+    /// Writes a key's record. `old` is the copy it replaces, read under the
+    /// key's lock, and its digest leaves the hash tree.
+    fn write_blocking(
+        &self,
+        key: &[u8],
+        stored_key: &[u8],
+        old: &LocalCopy,
+        state: &State,
+        gen: u64,
+    ) -> Result<(), StoreError> {
         let payload = causality::encode_record(state, gen);
+        let old_digest = copy_digest(key, old);
+        let new_digest = state.digest(key);
         // The sequence number lets the next start tell whether the engine
         // lost writes since the last clean stop.
         let sequence = self.write_sequence.fetch_add(1, Ordering::SeqCst) + 1;
+        let tree = self.trees.lock_for_write(stored_key);
         self.engine.write(&[
             WriteOp {
                 space: Space::Data,
@@ -183,6 +211,7 @@ impl LocalStore {
             },
             crate::meta::u64_op(crate::meta::WRITE_SEQUENCE, sequence),
         ])?;
+        tree.record(old_digest, new_digest);
         self.holds_data.store(true, Ordering::Relaxed);
         Ok(())
     }
@@ -251,7 +280,7 @@ impl LocalStore {
                     });
                 }
 
-                store.write_blocking(&stored_key, &outcome.state, outcome.gen)?;
+                store.write_blocking(&key, &stored_key, &local, &outcome.state, outcome.gen)?;
                 Ok(outcome)
             })
             .await?
@@ -285,7 +314,7 @@ impl LocalStore {
             tracing::error!(key = %crate::coordinator::display_key(key), conflicts = stored.dot_conflicts, "two replicas hold the same dot with different values; kept the value with the larger digest");
         }
         if stored.changed {
-            self.write_blocking(stored_key, &stored.state, stored.gen)?;
+            self.write_blocking(key, stored_key, &local, &stored.state, stored.gen)?;
         }
         Ok(stored)
     }

@@ -77,6 +77,15 @@ impl ClusterView {
             .clone()
     }
 
+    /// Returns the current ring and the preference list of each of its
+    /// partitions.
+    pub fn ring_and_lists(&self) -> (Arc<Ring>, Arc<Vec<Vec<NodeId>>>) {
+        self.ring
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
     /// Preference list of a user key in the current ring.
     pub fn preference_list_for_key(&self, key: &[u8]) -> Vec<NodeId> {
         let current = self

@@ -45,7 +45,8 @@ async fn kv_at(address: &str) -> KvClient<tonic::transport::Channel> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_record_is_not_served_and_gets_repaired() {
     tokio::time::timeout(TEST_DEADLINE, async {
-        let mut cluster = TestCluster::start(3).await;
+        // Anti-entropy would repair the record before the first check.
+        let mut cluster = TestCluster::start_with(3, &["--aae", "off"]).await;
         let client = cluster.client().await;
         client
             .put_with(
@@ -166,6 +167,66 @@ async fn blind_put_onto_corrupt_record_keeps_both_values() {
                 },
             )
             .await;
+        }
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_entropy_repairs_corrupt_record_without_reads() {
+    tokio::time::timeout(TEST_DEADLINE, async {
+        let mut cluster = TestCluster::start_with(
+            3,
+            &["--aae-interval-ms", "300", "--hint-interval-ms", "600000"],
+        )
+        .await;
+        let client = cluster.client().await;
+        let options = WriteOptions {
+            w: Some(3),
+            ..Default::default()
+        };
+        client
+            .put_with("ledger", "balance=10", None, options)
+            .await
+            .expect("put on all three");
+
+        cluster.nodes[0].stop();
+        corrupt_record(&cluster.nodes[0], b"ledger");
+        cluster.nodes[0].spawn();
+        cluster.wait_converged(Duration::from_secs(60)).await;
+        let damaged = cluster.nodes[0].address.clone();
+
+        // Watch only the counters: a replica read of the damaged record
+        // would queue a repair of its own.
+        let addresses = cluster.addresses();
+        let addresses_ref = &addresses;
+        wait_until(
+            Duration::from_secs(30),
+            "an anti-entropy repair",
+            || async move {
+                let mut repaired = 0;
+                for address in addresses_ref {
+                    if let Ok(node) = common::status(address).await {
+                        repaired += node.aae_keys_repaired;
+                    }
+                }
+                repaired >= 1
+            },
+        )
+        .await;
+
+        let replica = client
+            .replica_read(&damaged, "ledger")
+            .await
+            .expect("replica read");
+        assert_eq!(replica.state, ReplicaState::Present);
+        assert_eq!(replica.values, vec![b"balance=10".to_vec()]);
+        let status = common::status(&damaged).await.expect("status");
+        assert!(status.corrupt_records >= 1, "the corrupt record is counted");
+        for address in &addresses {
+            let node = common::status(address).await.expect("status");
+            assert_eq!(node.gets_coordinated, 0, "{address} coordinated a read");
         }
     })
     .await

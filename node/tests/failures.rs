@@ -87,9 +87,11 @@ async fn quorum_holds_with_one_node_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_node_keeps_data_and_read_repair_catches_it_up() {
     tokio::time::timeout(TEST_DEADLINE, async {
-        // Hinted handoff would deliver the missed write on its own; a long
-        // interval holds it back, so only read repair can catch the node up.
-        let mut cluster = TestCluster::start_with(3, &["--hint-interval-ms", "600000"]).await;
+        // Hinted handoff and anti-entropy would deliver the missed write on
+        // their own. A long hint interval and --aae off hold them back, so
+        // only read repair can catch the node up.
+        let mut cluster =
+            TestCluster::start_with(3, &["--hint-interval-ms", "600000", "--aae", "off"]).await;
         let client = cluster.client().await;
         client
             .put_with(

@@ -44,6 +44,7 @@ impl Admin for AdminService {
         let node = &self.node;
         let ring = node.view.ring();
         let stats = &node.stats;
+        let (aae_trees_replicated, aae_trees_built) = node.aae_tree_counts();
         Ok(Response::new(StatusResponse {
             node_id: format_node_id(node.node_id()),
             address: node.view.address.clone(),
@@ -72,6 +73,13 @@ impl Admin for AdminService {
             restart_mark: node.restart_mark,
             pending_hints: pending_hints(node),
             hints_delivered: stats.hints_delivered.load(Ordering::Relaxed),
+            aae_enabled: node.config.aae == crate::config::OnOff::On,
+            aae_exchanges: stats.aae_exchanges.load(Ordering::Relaxed),
+            aae_keys_repaired: stats.aae_keys_repaired.load(Ordering::Relaxed),
+            aae_tree_drift: stats.aae_tree_drift.load(Ordering::Relaxed),
+            aae_trees_replicated,
+            aae_trees_built,
+            aae_peers: node.aae_peer_statuses(),
         }))
     }
 

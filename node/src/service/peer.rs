@@ -12,6 +12,10 @@ use kv_proto::v1::{
     ReplicaBatchResponse, ReplicaItem, ReplicaItemResult, ReplicaState,
 };
 use kv_proto::v1::{HintsForPartitionRequest, HintsForPartitionResponse};
+use kv_proto::v1::{
+    TreeKeysRequest, TreeKeysResponse, TreeLeavesRequest, TreeLeavesResponse, TreeRootsRequest,
+    TreeRootsResponse,
+};
 use kv_proto::FORMAT_VERSION;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -239,5 +243,36 @@ impl Peer for PeerService {
             format_version: FORMAT_VERSION,
             holds_hints,
         }))
+    }
+
+    // Anti-entropy: hash-tree exchange, served by `crate::aae`.
+
+    async fn tree_roots(
+        &self,
+        request: Request<TreeRootsRequest>,
+    ) -> Result<Response<TreeRootsResponse>, Status> {
+        self.node
+            .handle_tree_roots(request.into_inner())
+            .map(Response::new)
+    }
+
+    async fn tree_leaves(
+        &self,
+        request: Request<TreeLeavesRequest>,
+    ) -> Result<Response<TreeLeavesResponse>, Status> {
+        self.node
+            .handle_tree_leaves(request.into_inner())
+            .map(Response::new)
+    }
+
+    async fn tree_keys(
+        &self,
+        request: Request<TreeKeysRequest>,
+    ) -> Result<Response<TreeKeysResponse>, Status> {
+        let request = request.into_inner();
+        let header = request.header.clone();
+        within_timeout(header.as_ref(), self.node.handle_tree_keys(request))
+            .await
+            .map(Response::new)
     }
 }

@@ -460,7 +460,7 @@ pub async fn ring(client: &Client, args: &RingArgs, json: bool) -> anyhow::Resul
 }
 
 fn status_json(status: &StatusResponse) -> serde_json::Value {
-    json!({
+    let mut document = json!({
         "node_id": status.node_id,
         "address": status.address,
         "cluster_id": status.cluster_id,
@@ -496,7 +496,69 @@ fn status_json(status: &StatusResponse) -> serde_json::Value {
                 "hints": pending.hints,
             }))
             .collect::<Vec<_>>(),
-    })
+    });
+    add_aae_json(&mut document, status);
+    document
+}
+
+/// Adds the anti-entropy fields of a status to its JSON document.
+fn add_aae_json(document: &mut serde_json::Value, status: &StatusResponse) {
+    let peers: Vec<serde_json::Value> = status
+        .aae_peers
+        .iter()
+        .map(|peer| {
+            json!({
+                "node_id": peer.node_id,
+                "address": peer.address,
+                "exchanges": peer.exchanges,
+                "keys_repaired": peer.keys_repaired,
+                "last_exchange_ms_ago": peer.last_exchange_ms_ago,
+                "failures": peer.failures,
+                "last_failure": peer.last_failure,
+            })
+        })
+        .collect();
+    document["aae_enabled"] = json!(status.aae_enabled);
+    document["aae_exchanges"] = json!(status.aae_exchanges);
+    document["aae_keys_repaired"] = json!(status.aae_keys_repaired);
+    document["aae_tree_drift"] = json!(status.aae_tree_drift);
+    document["aae_trees_replicated"] = json!(status.aae_trees_replicated);
+    document["aae_trees_built"] = json!(status.aae_trees_built);
+    document["aae_peers"] = json!(peers);
+}
+
+/// Renders the anti-entropy totals, then one line per peer this node
+/// exchanged with.
+fn aae_lines(status: &StatusResponse) -> Vec<String> {
+    if !status.aae_enabled {
+        return vec!["anti-entropy: off".to_string()];
+    }
+    let mut lines = vec![format!(
+        "anti-entropy: {} of {} trees built; since start {} exchanges, {} keys repaired, {} trees drifted",
+        status.aae_trees_built,
+        status.aae_trees_replicated,
+        status.aae_exchanges,
+        status.aae_keys_repaired,
+        status.aae_tree_drift
+    )];
+    for peer in &status.aae_peers {
+        let last = match peer.last_exchange_ms_ago {
+            Some(ms) => format!("last exchange {:.1} s ago", ms as f64 / 1000.0),
+            None => "no exchange finished".to_string(),
+        };
+        let mut line = format!(
+            "  with {} ({}): {last}, {} exchanges, {} keys repaired",
+            peer.node_id, peer.address, peer.exchanges, peer.keys_repaired
+        );
+        if peer.failures > 0 {
+            line.push_str(&format!(
+                ", {} failed (last: {})",
+                peer.failures, peer.last_failure
+            ));
+        }
+        lines.push(line);
+    }
+    lines
 }
 
 pub async fn status(
@@ -559,7 +621,7 @@ pub fn status_lines(status: &StatusResponse) -> Vec<String> {
     } else {
         format!("not ready: {}", status.ring_not_ready_reason)
     };
-    vec![
+    let mut lines = vec![
         format!("node: {} ({})", status.node_id, status.address),
         format!(
             "version: {}, up {} s",
@@ -592,7 +654,9 @@ pub fn status_lines(status: &StatusResponse) -> Vec<String> {
             status.replica_items_sent, status.replica_batches_sent
         ),
         hint_line(status),
-    ]
+    ];
+    lines.extend(aae_lines(status));
+    lines
 }
 
 #[cfg(test)]
@@ -679,6 +743,57 @@ mod tests {
         let expected =
             "hinted handoff: hints held: 5 for a1 (127.0.0.1:7402), 1 for b2; 7 delivered since start";
         assert!(lines.contains(&expected.to_string()), "{lines:?}");
+    }
+
+    #[test]
+    fn status_lines_show_anti_entropy_per_peer() {
+        let status = StatusResponse {
+            aae_enabled: true,
+            aae_exchanges: 4,
+            aae_keys_repaired: 12,
+            aae_tree_drift: 1,
+            aae_trees_replicated: 256,
+            aae_trees_built: 250,
+            aae_peers: vec![
+                kv_client::proto::AaePeerStatus {
+                    node_id: "a1".into(),
+                    address: "127.0.0.1:7402".into(),
+                    exchanges: 3,
+                    keys_repaired: 12,
+                    last_exchange_ms_ago: Some(1500),
+                    failures: 1,
+                    last_failure: "timed out".into(),
+                },
+                kv_client::proto::AaePeerStatus {
+                    node_id: "b2".into(),
+                    address: "127.0.0.1:7403".into(),
+                    ..Default::default()
+                },
+            ],
+            ..StatusResponse::default()
+        };
+        let lines = status_lines(&status);
+        for expected in [
+            "anti-entropy: 250 of 256 trees built; since start 4 exchanges, 12 keys repaired, 1 trees drifted",
+            "  with a1 (127.0.0.1:7402): last exchange 1.5 s ago, 3 exchanges, 12 keys repaired, 1 failed (last: timed out)",
+            "  with b2 (127.0.0.1:7403): no exchange finished, 0 exchanges, 0 keys repaired",
+        ] {
+            assert!(lines.contains(&expected.to_string()), "{lines:?}");
+        }
+
+        let document = status_json(&status);
+        assert_eq!(document["aae_keys_repaired"], 12);
+        assert_eq!(document["aae_peers"][0]["last_exchange_ms_ago"], 1500);
+        assert!(document["aae_peers"][1]["last_exchange_ms_ago"].is_null());
+    }
+
+    #[test]
+    fn status_lines_show_anti_entropy_off() {
+        let lines = status_lines(&StatusResponse::default());
+        assert!(
+            lines.contains(&"anti-entropy: off".to_string()),
+            "{lines:?}"
+        );
     }
 
     #[test]
