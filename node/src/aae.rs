@@ -487,7 +487,7 @@ impl Node {
     }
 
     /// Lists the key digests of whole leaves of a partition on a storage
-    /// thread; see [`crate::trees::Trees::list_leaves`].
+    /// thread, as [`crate::trees::Trees::list_leaves`] describes.
     async fn list_leaves(
         &self,
         partition: u32,
