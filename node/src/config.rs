@@ -146,6 +146,23 @@ pub struct Config {
     /// is logged as drift and replaces it.
     #[arg(long, default_value_t = 3_600_000)]
     pub aae_rebuild_interval_ms: u64,
+
+    /// Tombstone reaping: "on" purges a deleted key once every replica holds
+    /// the same tombstone and nothing can bring an older value back; "off"
+    /// keeps tombstones forever.
+    #[arg(long, default_value = "on")]
+    pub reap: OnOff,
+
+    /// Time a key must hold the same tombstone before it may be purged, in
+    /// milliseconds, measured by its reaper. Must be longer than
+    /// --message-deadline-ms, so no replica write sent before the delete can
+    /// still arrive.
+    #[arg(long, default_value_t = 60_000)]
+    pub reap_grace_ms: u64,
+
+    /// Interval between reaping rounds, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    pub reap_interval_ms: u64,
 }
 
 /// Values of on/off settings.
@@ -177,6 +194,8 @@ pub enum ConfigError {
     UnspecifiedListen(SocketAddr),
     #[error("invalid --read-repair-chance {0}: must be between 0.0 and 1.0")]
     ReadRepairChance(f64),
+    #[error("invalid --reap-grace-ms {grace}: must be longer than --message-deadline-ms ({deadline}), so that no replica write sent before a delete arrives after its purge")]
+    ReapGrace { grace: u64, deadline: u64 },
     #[error("invalid --{name} 0: must be at least 1")]
     Zero { name: &'static str },
     #[error("invalid --data-dir {0}: it exists and is not a directory")]
@@ -206,6 +225,12 @@ impl Config {
         if self.listen.ip().is_unspecified() {
             return Err(ConfigError::UnspecifiedListen(self.listen));
         }
+        if self.reap_grace_ms <= self.message_deadline_ms {
+            return Err(ConfigError::ReapGrace {
+                grace: self.reap_grace_ms,
+                deadline: self.message_deadline_ms,
+            });
+        }
         if !(0.0..=1.0).contains(&self.read_repair_chance) {
             return Err(ConfigError::ReadRepairChance(self.read_repair_chance));
         }
@@ -224,12 +249,21 @@ impl Config {
                 self.aae_max_repairs_per_second,
             ),
             ("aae-rebuild-interval-ms", self.aae_rebuild_interval_ms),
+            ("reap-interval-ms", self.reap_interval_ms),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero { name });
             }
         }
         Ok(())
+    }
+
+    pub fn reap_grace(&self) -> Duration {
+        Duration::from_millis(self.reap_grace_ms)
+    }
+
+    pub fn reap_interval(&self) -> Duration {
+        Duration::from_millis(self.reap_interval_ms)
     }
 
     pub fn sync_mode(&self) -> SyncMode {

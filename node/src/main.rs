@@ -12,6 +12,7 @@ mod node;
 mod outbox;
 mod peers;
 mod pool;
+mod reaper;
 mod server;
 mod service;
 mod stats;

@@ -26,6 +26,8 @@ pub struct Node {
     pub warnings: crate::stats::LogLimiter,
     /// Hints held for other nodes (hinted handoff).
     pub hints: Arc<crate::hints::HintStore>,
+    /// Tombstone reaping state.
+    pub reaper: crate::reaper::Reaper,
 }
 
 impl Node {

@@ -168,6 +168,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         restart_mark: info.restart_mark,
         warnings: crate::stats::LogLimiter::new(Duration::from_secs(10)),
         hints: Arc::new(hints),
+        reaper: Default::default(),
         config: config.clone(),
     });
     node.view.beat(node.generation, node.store.holds_data());
@@ -216,6 +217,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let repair_task = tokio::spawn(run_repairs(node.clone(), repair_rx, shutdown_rx.clone()));
     let handoff_task = tokio::spawn(node.clone().run_hint_delivery(shutdown_rx.clone()));
     let aae_task = tokio::spawn(node.clone().run_anti_entropy(shutdown_rx.clone()));
+    let reaper_task = tokio::spawn(node.clone().run_reaper(shutdown_rx.clone()));
 
     let served = server_task.await?;
     let _ = shutdown_tx.send(true);
@@ -223,6 +225,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = repair_task.await;
     let _ = handoff_task.await;
     let _ = aae_task.await;
+    let _ = reaper_task.await;
     served.context("the gRPC server failed")?;
 
     // Final flush, then the clean-stop marker.

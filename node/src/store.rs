@@ -83,12 +83,23 @@ pub struct LocalStore {
     pool: StoragePool,
     /// Anti-entropy hash trees, updated by every data write.
     trees: Arc<Trees>,
+    /// Keys whose last write left only tombstones, for the reaper.
+    tombstone_keys: Mutex<std::collections::HashSet<Vec<u8>>>,
 }
 
 /// One replica operation of a batch from a peer.
 pub enum ReplicaOp {
     Read { key: Vec<u8> },
     Write { key: Vec<u8>, state: State },
+}
+
+/// Result of [`LocalStore::purge_if_unchanged`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PurgeResult {
+    Purged,
+    Missing,
+    /// The record changed since the reaper decided, or is unreadable.
+    Different,
 }
 
 /// Result of one [`ReplicaOp`].
@@ -128,7 +139,18 @@ impl LocalStore {
             write_sequence,
             pool,
             trees,
+            tombstone_keys: Mutex::new(std::collections::HashSet::new()),
         }
+    }
+
+    /// Takes the keys whose writes left only tombstones since the last call.
+    pub(crate) fn take_tombstone_keys(&self) -> std::collections::HashSet<Vec<u8>> {
+        std::mem::take(
+            &mut *self
+                .tombstone_keys
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
     }
 
     pub fn trees(&self) -> &Arc<Trees> {
@@ -213,6 +235,12 @@ impl LocalStore {
         ])?;
         tree.record(old_digest, new_digest);
         self.holds_data.store(true, Ordering::Relaxed);
+        if state.is_tombstone_only() {
+            self.tombstone_keys
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert(key.to_vec());
+        }
         Ok(())
     }
 
@@ -334,6 +362,58 @@ impl LocalStore {
             .await??;
         self.commit.durable().await?;
         Ok(stored)
+    }
+
+    /// Deletes a key's record if it still holds only tombstones and has
+    /// `digest`, and returns once the deletion is durable. The reaper calls
+    /// this on every owner after it decided to purge the key.
+    pub async fn purge_if_unchanged(
+        self: &Arc<Self>,
+        key: &[u8],
+        digest: u128,
+    ) -> Result<PurgeResult, StoreError> {
+        let store = self.clone();
+        let key = key.to_vec();
+        let result = self
+            .pool
+            .run(move || {
+                let stored_key = storage_key(&key);
+                let _guard = store
+                    .lock_for(&stored_key)
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let local = store.read_blocking(&key, &stored_key)?;
+                let matches = match &local {
+                    LocalCopy::Missing => return Ok::<_, StoreError>(PurgeResult::Missing),
+                    LocalCopy::Unknown => false,
+                    LocalCopy::Present { state, .. } => {
+                        state.is_tombstone_only() && state.digest(&key) == digest
+                    }
+                };
+                if !matches {
+                    return Ok(PurgeResult::Different);
+                }
+                let sequence = store.write_sequence.fetch_add(1, Ordering::SeqCst) + 1;
+                let tree = store.trees.lock_for_write(&stored_key);
+                store.engine.write(&[
+                    WriteOp {
+                        space: Space::Data,
+                        key: stored_key.clone(),
+                        value: None,
+                    },
+                    crate::meta::u64_op(crate::meta::WRITE_SEQUENCE, sequence),
+                ])?;
+                tree.record(
+                    copy_digest(&key, &local),
+                    copy_digest(&key, &LocalCopy::Missing),
+                );
+                Ok(PurgeResult::Purged)
+            })
+            .await??;
+        if result == PurgeResult::Purged {
+            self.commit.durable().await?;
+        }
+        Ok(result)
     }
 
     /// Runs the replica operations of one batch from a peer in one storage

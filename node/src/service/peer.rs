@@ -12,6 +12,7 @@ use kv_proto::v1::{
     ReplicaBatchResponse, ReplicaItem, ReplicaItemResult, ReplicaState,
 };
 use kv_proto::v1::{HintsForPartitionRequest, HintsForPartitionResponse};
+use kv_proto::v1::{ReplicaPurgeRequest, ReplicaPurgeResponse};
 use kv_proto::v1::{
     TreeKeysRequest, TreeKeysResponse, TreeLeavesRequest, TreeLeavesResponse, TreeRootsRequest,
     TreeRootsResponse,
@@ -218,6 +219,26 @@ impl Peer for PeerService {
         Ok(Response::new(
             self.node.handle_join(request.into_inner()).await?,
         ))
+    }
+
+    async fn replica_purge(
+        &self,
+        request: Request<ReplicaPurgeRequest>,
+    ) -> Result<Response<ReplicaPurgeResponse>, Status> {
+        let request = request.into_inner();
+        self.node.check_header(request.header.as_ref())?;
+        validate_key(&request.key)?;
+        self.check_replica(request.header.as_ref(), &request.key)?;
+        let outcome = within_timeout(
+            request.header.as_ref(),
+            self.node
+                .handle_replica_purge(&request.key, &request.digest),
+        )
+        .await?;
+        Ok(Response::new(ReplicaPurgeResponse {
+            format_version: FORMAT_VERSION,
+            outcome: outcome as i32,
+        }))
     }
 
     async fn hints_for_partition(

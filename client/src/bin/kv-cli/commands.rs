@@ -487,6 +487,9 @@ fn status_json(status: &StatusResponse) -> serde_json::Value {
         "replica_batches_sent": status.replica_batches_sent,
         "replica_items_sent": status.replica_items_sent,
         "hints_delivered": status.hints_delivered,
+        "reap_enabled": status.reap_enabled,
+        "tombstones_purged": status.tombstones_purged,
+        "purge_intents": status.purge_intents,
         "pending_hints": status
             .pending_hints
             .iter()
@@ -588,6 +591,17 @@ pub async fn status(
     Ok(())
 }
 
+/// Renders what tombstone reaping has done on a node.
+fn reap_line(status: &StatusResponse) -> String {
+    if !status.reap_enabled {
+        return "tombstone reaping: off (--reap off), tombstones are kept".to_string();
+    }
+    format!(
+        "tombstone reaping: {} tombstones purged since start, {} purges waiting for an owner",
+        status.tombstones_purged, status.purge_intents
+    )
+}
+
 /// Renders the hints a node holds per target node and how many it delivered.
 fn hint_line(status: &StatusResponse) -> String {
     let delivered = status.hints_delivered;
@@ -654,6 +668,7 @@ pub fn status_lines(status: &StatusResponse) -> Vec<String> {
             status.replica_items_sent, status.replica_batches_sent
         ),
         hint_line(status),
+        reap_line(status),
     ];
     lines.extend(aae_lines(status));
     lines
