@@ -379,10 +379,26 @@ async fn start_cluster(config: &RunConfig, dir: &Path, tools: &Tools) -> Result<
         node_bin: config.node_bin.clone(),
         run_dir: dir.to_path_buf(),
         replicas: config.replicas,
-        extra_args: vec![
-            "--request-timeout-ms".into(),
-            config.quorum_timeout.as_millis().to_string(),
-        ],
+        // A run lasts seconds, so hinted handoff, anti-entropy and tombstone
+        // reaping run far more often than their production defaults, and
+        // repairs and purges happen within the run.
+        extra_args: [
+            "--request-timeout-ms",
+            &config.quorum_timeout.as_millis().to_string(),
+            "--message-deadline-ms",
+            "2000",
+            "--hint-interval-ms",
+            "500",
+            "--aae-interval-ms",
+            "1000",
+            "--reap-grace-ms",
+            "3000",
+            "--reap-interval-ms",
+            "500",
+        ]
+        .iter()
+        .map(|arg| arg.to_string())
+        .collect(),
         ready_timeout: config.ready_timeout,
     };
     Ok(Cluster::start(cluster_config, launches).await?)
