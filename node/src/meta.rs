@@ -333,6 +333,12 @@ impl Meta {
     /// more than is on disk.
     pub fn mark_clean_stop(&self) -> Result<(), MetaError> {
         let sequence = self.write_sequence.load(Ordering::SeqCst);
+        // Concurrent writes store their sequence numbers in the order their
+        // batches land, so the engine may hold a lower number than the last
+        // one handed out. Once every write is done, storing the last number
+        // again makes the engine and the marker agree.
+        self.engine.write(&[u64_op(WRITE_SEQUENCE, sequence)])?;
+        self.engine.flush()?;
         write_file_durably(&self.data_dir, CLEAN_STOP_FILE, &encode_u64s(&[sequence]))
     }
 }
