@@ -410,13 +410,20 @@ impl Node {
         loop {
             self.view.beat(self.generation, self.store.holds_data());
             if let Some(address) = self.pick_gossip_target() {
-                if let Err(status) = self.gossip_with(&address).await {
-                    if is_identity_refusal(&status) {
-                        tracing::error!(peer = %address, reason = %status.message(), "a peer rejected this node");
-                    } else {
-                        tracing::debug!(peer = %address, reason = %status.message(), "gossip failed");
+                // The exchange runs on its own task: a peer that does not
+                // answer (paused, partitioned away) would otherwise hold up
+                // this node's heartbeats for the exchange's timeout, and
+                // its peers would start to suspect it.
+                let node = self.clone();
+                tokio::spawn(async move {
+                    if let Err(status) = node.gossip_with(&address).await {
+                        if is_identity_refusal(&status) {
+                            tracing::error!(peer = %address, reason = %status.message(), "a peer rejected this node");
+                        } else {
+                            tracing::debug!(peer = %address, reason = %status.message(), "gossip failed");
+                        }
                     }
-                }
+                });
             }
             self.view.observe_heartbeats();
             self.view.note_down_transitions(&mut down);
