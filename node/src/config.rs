@@ -155,8 +155,8 @@ pub struct Config {
 
     /// Time a key must hold the same tombstone before it may be purged, in
     /// milliseconds, measured by its reaper. Must be longer than
-    /// --message-deadline-ms, so no replica write sent before the delete can
-    /// still arrive.
+    /// --message-deadline-ms, so every replica write sent before the delete
+    /// was either acknowledged or given up on and kept as a hint.
     #[arg(long, default_value_t = 60_000)]
     pub reap_grace_ms: u64,
 
