@@ -8,6 +8,7 @@ use kv_client::{ReadOptions, WriteOptions};
 use crate::report::RunSettings;
 use crate::runner::Plan;
 use crate::target::TargetKind;
+use crate::verify::VerifyPlan;
 use crate::workload::{Distribution, Workload};
 
 /// YCSB-style benchmark of a ringkv cluster, or of an etcd cluster with
@@ -39,7 +40,8 @@ pub struct Args {
 
     /// First key number that `load` inserts: it writes
     /// user{N} .. user{N+records-1}, so a later `load` can add fresh keys to
-    /// a loaded cluster (YCSB's insertstart). Only for `load`.
+    /// a loaded cluster (YCSB's insertstart). `verify` checks the same
+    /// range. Only for `load` and `verify`.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub insert_start: u64,
 
@@ -99,14 +101,35 @@ pub struct Args {
     /// Print the report as one JSON document on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
+
+    /// Node whose local copies `verify` reads, as host:port or node id.
+    /// Only for `verify`, which needs it.
+    #[arg(long, value_name = "NODE")]
+    pub replica: Option<String>,
+
+    /// Make `verify` repeat its check of the keys still missing until the
+    /// node stores all of them or --max-secs passes.
+    #[arg(long)]
+    pub until_complete: bool,
+
+    /// Pause between two checks of --until-complete, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub poll_interval_ms: u64,
 }
 
 /// Exit statuses, shown at the end of `--help`.
 const EXIT_STATUS_HELP: &str = "Workloads against etcd: load, a, b, c, d and f run the same \
 operations as against ringkv; ping sends etcd's Maintenance.Status RPC.
 
-Exit status: 0 when at least one operation succeeded, \
-1 when none did or the client could not start, 2 for invalid flags.";
+Workload verify (ringkv only) reads each key of user{insert-start} .. \
+user{insert-start+records-1} from the one node given by --replica with \
+Admin ReplicaRead, which neither needs a quorum nor repairs, and counts the \
+keys present. That node must be a replica of every key (N at least the \
+node count), or the keys it does not own count as missing.
+
+Exit status: 0 when at least one operation succeeded (for verify: when \
+every key is present), 1 when none did (verify: when keys are missing) \
+or the client could not start, 2 for invalid flags.";
 
 /// Default run time when neither --operations nor --duration-secs is given.
 const DEFAULT_DURATION_SECS: u64 = 30;
@@ -126,7 +149,7 @@ pub enum ArgsError {
     ZeroSeconds { flag: &'static str },
     #[error("invalid --operations 0: pass at least 1, or --duration-secs")]
     ZeroOperations,
-    #[error("invalid --insert-start {insert_start} for workload {workload}: only `load` inserts from it; leave it out")]
+    #[error("invalid --insert-start {insert_start} for workload {workload}: only `load` and `verify` use it; leave it out")]
     InsertStartWithoutLoad {
         insert_start: u64,
         workload: Workload,
@@ -135,6 +158,23 @@ pub enum ArgsError {
     InsertRangeOverflow { insert_start: u64, records: u64 },
     #[error("invalid --{flag} with --against etcd: read and write quorums are ringkv settings; leave it out")]
     QuorumWithEtcd { flag: &'static str },
+    #[error("invalid --workload verify with --against etcd: verify reads ringkv replicas; leave out --against")]
+    VerifyWithEtcd,
+    #[error(
+        "missing --replica for workload verify: pass the host:port or node id of the node to check"
+    )]
+    MissingReplica,
+    #[error("invalid --{flag} for workload {workload}: only `verify` uses it; leave it out")]
+    VerifyFlagWithoutVerify {
+        flag: &'static str,
+        workload: Workload,
+    },
+    #[error(
+        "invalid --{flag} for workload verify: it reads every key once per pass; leave it out"
+    )]
+    FlagWithVerify { flag: &'static str },
+    #[error("invalid --poll-interval-ms 0: pass at least 1")]
+    ZeroPollInterval,
     #[error("--against etcd is not built into this kv-bench: rebuild it with `PROTOC=/usr/bin/protoc cargo build --release -p kv-bench --features etcd` (protoc from Debian's protobuf-compiler)")]
     EtcdNotBuilt,
 }
@@ -143,6 +183,7 @@ impl Args {
     /// Checks the flags and turns them into a run plan.
     pub fn plan(&self) -> Result<Plan, ArgsError> {
         self.check_target()?;
+        self.check_verify_flags()?;
         if self.concurrency == 0 {
             return Err(ArgsError::ZeroConcurrency);
         }
@@ -165,7 +206,7 @@ impl Args {
                 flag: "duration-secs",
             });
         }
-        if self.insert_start > 0 && self.workload != Workload::Load {
+        if self.insert_start > 0 && !matches!(self.workload, Workload::Load | Workload::Verify) {
             return Err(ArgsError::InsertStartWithoutLoad {
                 insert_start: self.insert_start,
                 workload: self.workload,
@@ -198,6 +239,74 @@ impl Args {
             distribution: self.distribution,
             seed: self.seed,
         })
+    }
+
+    /// Checks the flags of `--workload verify` and turns them into its
+    /// plan. The other workloads go through [`Args::plan`].
+    pub fn verify_plan(&self) -> Result<VerifyPlan, ArgsError> {
+        if self.against != TargetKind::Ringkv {
+            return Err(ArgsError::VerifyWithEtcd);
+        }
+        if self.concurrency == 0 {
+            return Err(ArgsError::ZeroConcurrency);
+        }
+        if self.records == 0 {
+            return Err(ArgsError::ZeroRecords {
+                workload: self.workload,
+            });
+        }
+        if self.max_secs == 0 {
+            return Err(ArgsError::ZeroSeconds { flag: "max-secs" });
+        }
+        if self.insert_start.checked_add(self.records).is_none() {
+            return Err(ArgsError::InsertRangeOverflow {
+                insert_start: self.insert_start,
+                records: self.records,
+            });
+        }
+        let flags_without_effect = [
+            ("operations", self.operations.is_some()),
+            ("duration-secs", self.duration_secs.is_some()),
+            ("r", self.r.is_some()),
+            ("w", self.w.is_some()),
+            ("target-rate", self.target_rate != 0),
+        ];
+        if let Some((flag, _)) = flags_without_effect.iter().find(|(_, given)| *given) {
+            return Err(ArgsError::FlagWithVerify { flag });
+        }
+        if self.until_complete && self.poll_interval_ms == 0 {
+            return Err(ArgsError::ZeroPollInterval);
+        }
+        let Some(replica) = self.replica.clone() else {
+            return Err(ArgsError::MissingReplica);
+        };
+        Ok(VerifyPlan {
+            replica,
+            insert_start: self.insert_start,
+            records: self.records,
+            concurrency: self.concurrency,
+            until_complete: self.until_complete,
+            poll_interval: Duration::from_millis(self.poll_interval_ms),
+            time_limit: Duration::from_secs(self.max_secs),
+        })
+    }
+
+    /// Rejects the flags that only `verify` uses on other workloads.
+    fn check_verify_flags(&self) -> Result<(), ArgsError> {
+        if self.workload == Workload::Verify {
+            return Ok(());
+        }
+        let verify_flags = [
+            ("replica", self.replica.is_some()),
+            ("until-complete", self.until_complete),
+        ];
+        if let Some((flag, _)) = verify_flags.iter().find(|(_, given)| *given) {
+            return Err(ArgsError::VerifyFlagWithoutVerify {
+                flag,
+                workload: self.workload,
+            });
+        }
+        Ok(())
     }
 
     /// Checks that the build supports `--against` and that the flags fit
@@ -387,6 +496,154 @@ mod tests {
         assert_eq!(plan.insert_start, 100_000);
         assert_eq!(plan.records, 500);
         assert_eq!(args.settings().insert_start, 100_000);
+    }
+
+    #[test]
+    fn args_verify_flags_reach_plan() {
+        let plan = parse(&[
+            "--workload",
+            "verify",
+            "--replica",
+            "127.0.0.1:7623",
+            "--records",
+            "500",
+            "--insert-start",
+            "100",
+            "--concurrency",
+            "8",
+            "--until-complete",
+            "--poll-interval-ms",
+            "250",
+            "--max-secs",
+            "90",
+        ])
+        .verify_plan()
+        .expect("valid verify plan");
+        assert_eq!(plan.replica, "127.0.0.1:7623");
+        assert_eq!(plan.records, 500);
+        assert_eq!(plan.insert_start, 100);
+        assert_eq!(plan.concurrency, 8);
+        assert!(plan.until_complete);
+        assert_eq!(plan.poll_interval, Duration::from_millis(250));
+        assert_eq!(plan.time_limit, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn args_verify_single_pass_default() {
+        let plan = parse(&["--workload", "verify", "--replica", "0a1b"])
+            .verify_plan()
+            .expect("valid verify plan");
+        assert!(!plan.until_complete);
+        assert_eq!(plan.records, 100_000);
+        assert_eq!(plan.insert_start, 0);
+    }
+
+    #[test]
+    fn args_verify_rejects_invalid_flags() {
+        let verify = ["--workload", "verify", "--replica", "127.0.0.1:1"];
+        let cases: [(&[&str], ArgsError); 9] = [
+            (&["--workload", "verify"], ArgsError::MissingReplica),
+            (
+                &["--records", "0"],
+                ArgsError::ZeroRecords {
+                    workload: Workload::Verify,
+                },
+            ),
+            (&["--concurrency", "0"], ArgsError::ZeroConcurrency),
+            (
+                &["--max-secs", "0"],
+                ArgsError::ZeroSeconds { flag: "max-secs" },
+            ),
+            (
+                &["--until-complete", "--poll-interval-ms", "0"],
+                ArgsError::ZeroPollInterval,
+            ),
+            (
+                &["--operations", "5"],
+                ArgsError::FlagWithVerify { flag: "operations" },
+            ),
+            (
+                &["--duration-secs", "5"],
+                ArgsError::FlagWithVerify {
+                    flag: "duration-secs",
+                },
+            ),
+            (&["--w", "2"], ArgsError::FlagWithVerify { flag: "w" }),
+            (
+                &["--insert-start", "18446744073709551615", "--records", "2"],
+                ArgsError::InsertRangeOverflow {
+                    insert_start: u64::MAX,
+                    records: 2,
+                },
+            ),
+        ];
+        for (extra, expected) in cases {
+            // The first case leaves out --replica on purpose.
+            let mut argv: Vec<&str> = if extra.first() == Some(&"--workload") {
+                Vec::new()
+            } else {
+                verify.to_vec()
+            };
+            argv.extend_from_slice(extra);
+            assert_eq!(
+                parse(&argv).verify_plan().expect_err("invalid verify plan"),
+                expected,
+                "{argv:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn args_verify_rejects_etcd() {
+        let error = parse(&[
+            "--against",
+            "etcd",
+            "--workload",
+            "verify",
+            "--replica",
+            "127.0.0.1:1",
+        ])
+        .verify_plan()
+        .expect_err("verify reads ringkv replicas");
+        assert_eq!(error, ArgsError::VerifyWithEtcd);
+    }
+
+    #[test]
+    fn args_verify_flags_need_verify() {
+        let cases: [(&[&str], &str); 2] = [
+            (&["--workload", "c", "--replica", "127.0.0.1:1"], "replica"),
+            (
+                &["--workload", "load", "--until-complete"],
+                "until-complete",
+            ),
+        ];
+        for (argv, flag) in cases {
+            let args = parse(argv);
+            assert_eq!(
+                args.plan().expect_err("flag only for verify"),
+                ArgsError::VerifyFlagWithoutVerify {
+                    flag,
+                    workload: args.workload,
+                },
+                "{argv:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn args_insert_start_allowed_for_verify() {
+        let args = parse(&[
+            "--workload",
+            "verify",
+            "--replica",
+            "127.0.0.1:1",
+            "--insert-start",
+            "7",
+        ]);
+        assert_eq!(
+            args.verify_plan().expect("valid verify plan").insert_start,
+            7
+        );
     }
 
     #[test]

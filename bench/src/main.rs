@@ -2,6 +2,8 @@
 //!
 //! Runs one workload against the nodes in `--endpoints`: a pure-insert
 //! `load` phase, YCSB core workloads A, B, C, D and F, or bare `Ping` RPCs.
+//! The `verify` workload instead counts the loaded keys that one node
+//! stores (see `verify.rs`), once or until it stores all of them.
 //! It prints a progress line to stderr about once per second and ends with
 //! throughput and latency percentiles per operation kind, as a text table
 //! or as JSON (`--json`).
@@ -17,7 +19,8 @@
 //! node addresses those nodes report in their ring.
 //!
 //! Exit status: 0 when at least one operation succeeded, 1 when none did
-//! or the client could not start, 2 for invalid flags.
+//! or the client could not start, 2 for invalid flags. `verify` exits with
+//! 0 only when the node stores every key, else 1.
 
 mod args;
 #[cfg(feature = "etcd")]
@@ -25,6 +28,7 @@ mod etcd;
 mod report;
 mod runner;
 mod target;
+mod verify;
 mod workload;
 mod zipf;
 
@@ -37,6 +41,8 @@ use crate::args::Args;
 use crate::report::Report;
 use crate::runner::{Plan, RunOutcome};
 use crate::target::{Ringkv, TargetKind};
+use crate::verify::ReplicaProbe;
+use crate::workload::Workload;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -49,6 +55,9 @@ async fn main() -> ExitCode {
         .init();
 
     let args = Args::parse();
+    if args.workload == Workload::Verify {
+        return run_verify(&args).await;
+    }
     let plan = match args.plan() {
         Ok(plan) => plan,
         Err(error) => {
@@ -92,6 +101,50 @@ async fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS
+}
+
+/// Runs `--workload verify` and prints its report.
+async fn run_verify(args: &Args) -> ExitCode {
+    let plan = match args.verify_plan() {
+        Ok(plan) => plan,
+        Err(error) => {
+            eprintln!("kv-bench: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let options = ClientOptions {
+        request_timeout: args.request_timeout(),
+        ..ClientOptions::default()
+    };
+    let client = match Client::connect_with(&args.endpoints, options).await {
+        Ok(client) => client,
+        Err(error) => {
+            eprintln!("kv-bench: cannot create the client: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let probe = ReplicaProbe {
+        client,
+        replica: plan.replica.clone(),
+    };
+    let report = verify::run(probe, plan).await;
+
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(error) => {
+                eprintln!("kv-bench: cannot encode the report as JSON: {error}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.complete {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 /// Connects to the ringkv nodes of `--endpoints` and runs `plan`.

@@ -4,6 +4,7 @@
 //! The mixes follow YCSB's core workloads A, B, C, D and F. `load` inserts
 //! the keys `user0 .. user{records-1}` in order, and `ping` sends empty
 //! `Ping` RPCs to measure the RPC cost of the stack without storage.
+//! `verify` reads loaded keys from one node's local copy (see `verify.rs`).
 //!
 //! Invariants: each mix's proportions sum to 1, and every key chooser
 //! returns a key number below the number of keys inserted so far (the
@@ -35,6 +36,10 @@ pub enum Workload {
     F,
     /// 100% empty Ping RPCs, the RPC ceiling of the same client and server.
     Ping,
+    /// Reads of loaded keys from one node's local copy (Admin
+    /// ReplicaRead), counting the keys it stores. It runs outside the
+    /// runner (see `verify.rs`).
+    Verify,
 }
 
 impl fmt::Display for Workload {
@@ -47,6 +52,7 @@ impl fmt::Display for Workload {
             Workload::D => "d",
             Workload::F => "f",
             Workload::Ping => "ping",
+            Workload::Verify => "verify",
         };
         f.write_str(name)
     }
@@ -123,6 +129,8 @@ impl Workload {
             Workload::D => &[(OpKind::Read, 0.95), (OpKind::Insert, 0.05)],
             Workload::F => &[(OpKind::Read, 0.5), (OpKind::ReadModifyWrite, 0.5)],
             Workload::Ping => &[(OpKind::Ping, 1.0)],
+            // Every verify operation is a read, of one replica.
+            Workload::Verify => &[(OpKind::Read, 1.0)],
         }
     }
 
@@ -189,7 +197,7 @@ mod tests {
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
-    const ALL_WORKLOADS: [Workload; 7] = [
+    const ALL_WORKLOADS: [Workload; 8] = [
         Workload::Load,
         Workload::A,
         Workload::B,
@@ -197,6 +205,7 @@ mod tests {
         Workload::D,
         Workload::F,
         Workload::Ping,
+        Workload::Verify,
     ];
 
     #[test]
