@@ -153,10 +153,18 @@ pub struct Config {
     #[arg(long, default_value = "on")]
     pub reap: OnOff,
 
+    /// Silence, in milliseconds, after which a node pings a peer connection,
+    /// and the time it then waits for the answer before it closes the
+    /// connection. A message that the network holds up longer than twice
+    /// this is never applied, because its connection is closed by then.
+    #[arg(long, default_value_t = 5_000)]
+    pub peer_keepalive_ms: u64,
+
     /// Time a key must hold the same tombstone before it may be purged, in
     /// milliseconds, measured by its reaper. Must be longer than
-    /// --message-deadline-ms, so every replica write sent before the delete
-    /// was either acknowledged or given up on and kept as a hint.
+    /// --message-deadline-ms plus twice --peer-keepalive-ms, so every replica
+    /// write sent before the delete was applied, or given up on and kept as
+    /// a hint, before the purge.
     #[arg(long, default_value_t = 60_000)]
     pub reap_grace_ms: u64,
 
@@ -194,8 +202,12 @@ pub enum ConfigError {
     UnspecifiedListen(SocketAddr),
     #[error("invalid --read-repair-chance {0}: must be between 0.0 and 1.0")]
     ReadRepairChance(f64),
-    #[error("invalid --reap-grace-ms {grace}: must be longer than --message-deadline-ms ({deadline}), so that no replica write sent before a delete arrives after its purge")]
-    ReapGrace { grace: u64, deadline: u64 },
+    #[error("invalid --reap-grace-ms {grace}: must be longer than --message-deadline-ms ({deadline}) plus twice --peer-keepalive-ms ({keepalive}), so that no replica write sent before a delete is applied after its purge")]
+    ReapGrace {
+        grace: u64,
+        deadline: u64,
+        keepalive: u64,
+    },
     #[error("invalid --{name} 0: must be at least 1")]
     Zero { name: &'static str },
     #[error("invalid --data-dir {0}: it exists and is not a directory")]
@@ -225,10 +237,14 @@ impl Config {
         if self.listen.ip().is_unspecified() {
             return Err(ConfigError::UnspecifiedListen(self.listen));
         }
-        if self.reap_grace_ms <= self.message_deadline_ms {
+        let oldest_message = self
+            .message_deadline_ms
+            .saturating_add(self.peer_keepalive_ms.saturating_mul(2));
+        if self.reap_grace_ms <= oldest_message {
             return Err(ConfigError::ReapGrace {
                 grace: self.reap_grace_ms,
                 deadline: self.message_deadline_ms,
+                keepalive: self.peer_keepalive_ms,
             });
         }
         if !(0.0..=1.0).contains(&self.read_repair_chance) {
@@ -250,12 +266,17 @@ impl Config {
             ),
             ("aae-rebuild-interval-ms", self.aae_rebuild_interval_ms),
             ("reap-interval-ms", self.reap_interval_ms),
+            ("peer-keepalive-ms", self.peer_keepalive_ms),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero { name });
             }
         }
         Ok(())
+    }
+
+    pub fn peer_keepalive(&self) -> Duration {
+        Duration::from_millis(self.peer_keepalive_ms)
     }
 
     pub fn reap_grace(&self) -> Duration {
@@ -301,5 +322,40 @@ impl Config {
     /// for that and for encoding overhead.
     pub fn grpc_message_limit(&self) -> usize {
         (self.max_state_bytes.saturating_mul(4)).max(64 * 1024 * 1024)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Config {
+        let base = ["kv-node", "--data-dir", "/nonexistent/ringkv-config-test"];
+        Config::parse_from(base.iter().chain(extra))
+    }
+
+    #[test]
+    fn reap_grace_must_outlast_held_messages() {
+        let timings = [
+            "--message-deadline-ms",
+            "1000",
+            "--peer-keepalive-ms",
+            "500",
+        ];
+        let too_short = parse(&[&timings[..], &["--reap-grace-ms", "2000"]].concat());
+        let error = too_short
+            .validate()
+            .expect_err("2000 ms is not longer than 1000 + 2 × 500");
+        let message = error.to_string();
+        assert!(message.contains("--reap-grace-ms 2000"), "{message}");
+        assert!(message.contains("--peer-keepalive-ms (500)"), "{message}");
+
+        let long_enough = parse(&[&timings[..], &["--reap-grace-ms", "2001"]].concat());
+        assert!(long_enough.validate().is_ok());
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(parse(&[]).validate().is_ok());
     }
 }

@@ -14,13 +14,17 @@ use tonic::transport::{Channel, Endpoint};
 pub struct Peers {
     channels: Mutex<HashMap<String, Channel>>,
     message_limit: usize,
+    keepalive: Duration,
 }
 
 impl Peers {
-    pub fn new(message_limit: usize) -> Peers {
+    /// Creates an empty pool. A connection silent for `keepalive` is pinged
+    /// and closed when the ping is not answered within `keepalive`.
+    pub fn new(message_limit: usize, keepalive: Duration) -> Peers {
         Peers {
             channels: Mutex::new(HashMap::new()),
             message_limit,
+            keepalive,
         }
     }
 
@@ -38,8 +42,8 @@ impl Peers {
             })?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(1))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
+            .http2_keep_alive_interval(self.keepalive)
+            .keep_alive_timeout(self.keepalive);
         let channel = endpoint.connect_lazy();
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)

@@ -8,19 +8,13 @@
 //!
 //! - the key has held the same tombstone-only state on the reaper for
 //!   `--reap-grace-ms`, measured on the reaper's monotonic clock from when
-//!   it first saw that state (the grace is longer than the message deadline,
-//!   so every sender has given up on its replica writes from before the
-//!   delete, and each write given up on became a hint);
+//!   it first saw that state (the grace is longer than the message deadline
+//!   plus twice the peer keepalive, so every replica write sent before the
+//!   delete has been applied, or given up on and kept as a hint);
 //! - every owner in the preference list answers with that state's digest or
 //!   with nothing (an owner that does not answer blocks the purge);
 //! - every member that was not removed answers, asked directly, that it
 //!   holds no hint for the key's partition (a silent member blocks it).
-//!
-//! NOTE: a receiver counts a message's deadline from its arrival, so a
-//! replica write that the network held for longer than the grace (TCP
-//! retransmitting through a long partition) is still applied, and after a
-//! purge it would bring the old value back. A send time in the header,
-//! checked against the grace with a bound on clock skew, would close this.
 //!
 //! NOTE: partitions never move yet (joins need an empty cluster), so the
 //! rule that no purge happens in a moving partition holds trivially.

@@ -78,7 +78,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let address = config.listen.to_string();
-    let peers = Peers::new(config.grpc_message_limit());
+    let peers = Peers::new(config.grpc_message_limit(), config.peer_keepalive());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     spawn_signal_handler(shutdown_tx.clone());
 
@@ -191,8 +191,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     check_identity_with_peers(&node).await?;
 
     let limit = config.grpc_message_limit();
+    // The server pings silent connections too and closes those whose peer
+    // does not answer, so a request that the network held up for long (a
+    // partition) is never applied late; tombstone reaping relies on that.
     let server = Server::builder()
         .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(config.peer_keepalive()))
+        .http2_keepalive_timeout(Some(config.peer_keepalive()))
         .add_service(
             KvServer::new(KvService { node: node.clone() })
                 .max_decoding_message_size(limit)

@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 const FAST_REAPING: &[&str] = &[
     "--message-deadline-ms",
     "1000",
+    "--peer-keepalive-ms",
+    "500",
     "--reap-grace-ms",
-    "1500",
+    "2500",
     "--reap-interval-ms",
     "200",
     "--aae-interval-ms",
@@ -204,8 +206,8 @@ async fn reap_off_keeps_tombstones() {
         client.delete("kept", None).await.expect("delete");
 
         assert!(!status(&address).await.expect("status").reap_enabled);
-        // Three grace periods pass without a purge.
-        let until = Instant::now() + Duration::from_millis(4500);
+        // Two grace periods pass without a purge.
+        let until = Instant::now() + Duration::from_millis(5500);
         while Instant::now() < until {
             let (state, tombstones, _) = replica(&client, &address, "kept").await;
             assert_eq!(
