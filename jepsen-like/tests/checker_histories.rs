@@ -533,6 +533,28 @@ fn unconverged_replicas_reported() {
 }
 
 #[test]
+fn key_deleted_everywhere_is_converged_mid_purge() {
+    let history = History::new();
+    let mut replicas = BTreeMap::new();
+    // Two replicas still hold the tombstone; the reaper purged the third.
+    replicas.insert("n1".to_string(), replica(&[(1, 2, None)]));
+    replicas.insert("n2".to_string(), replica(&[(1, 2, None)]));
+    replicas.insert("n3".to_string(), ReplicaFinal::missing());
+    let key = KeyFinal {
+        read: FinalRead::Values(Vec::new()),
+        replicas,
+    };
+
+    let verdicts = check(&history.events, &converged(vec![("k1", key)]));
+
+    assert!(
+        verdicts.convergence.anomalies.is_empty(),
+        "{:#?}",
+        verdicts.convergence.anomalies
+    );
+}
+
+#[test]
 fn diverged_key_reported_despite_converged_flag() {
     let mut history = History::new();
     history.write("client-1", "k1", "a1", &[], (0.0, 5.0), Outcome::Ok);

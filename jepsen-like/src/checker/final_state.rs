@@ -120,6 +120,17 @@ pub enum FinalStateError {
 }
 
 impl ReplicaFinal {
+    /// True when the replica holds no live value: nothing, or only
+    /// tombstones. A key deleted everywhere goes through both while the
+    /// tombstone reaper purges it replica by replica.
+    pub fn is_deleted(&self) -> bool {
+        match self.kind {
+            ReplicaKind::Missing => true,
+            ReplicaKind::Present => self.values.is_empty(),
+            _ => false,
+        }
+    }
+
     /// Builds a missing replica.
     pub fn missing() -> ReplicaFinal {
         ReplicaFinal {

@@ -80,8 +80,13 @@ pub fn final_values(final_key: &KeyFinal, decoded: &DecodedReplicas) -> Option<F
 
 /// Reports the key when its replicas hold different states: byte-different
 /// canonical states, or different kinds, values, tombstone counts or dots
-/// when a replica's state bytes are not available.
+/// when a replica's state bytes are not available. A key that every replica
+/// holds as deleted (only tombstones, or nothing) has converged, because
+/// the tombstone reaper purges it one replica after the other.
 pub fn check_convergence(key: &str, final_key: &KeyFinal) -> Option<Anomaly> {
+    if final_key.replicas.values().all(ReplicaFinal::is_deleted) {
+        return None;
+    }
     let mut descriptions: Vec<(String, String)> = final_key
         .replicas
         .iter()
