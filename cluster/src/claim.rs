@@ -18,6 +18,10 @@
 //!   every window gains at most one new node, and each preference list
 //!   changes only by inserting the new node and dropping one old member.
 //!
+//! When nodes leave, [`reassign_leaving`] gives their partitions to the
+//! remaining nodes without moving other partitions where the spacing rule
+//! allows, and a ring left with N + 1 nodes or fewer is laid out afresh.
+//!
 //! Everything is deterministic (ties go to the lowest node id, then the
 //! lowest partition), so every node computes the same ring.
 //!
@@ -99,6 +103,138 @@ pub(crate) fn claim_incremental(
         };
         claim.take(chosen);
     }
+}
+
+/// Gives each partition owned by a `leaving` node to a remaining node.
+///
+/// The orphaned partitions are handed out in increasing order. Each goes to
+/// the least loaded remaining node (lowest id on ties) that owns no partition
+/// less than `replicas` positions away, so the spacing rule keeps holding
+/// where it held before, and no other partition changes owner.
+///
+/// When every remaining node is that close, which can happen only while at
+/// most 2N - 2 nodes remain, a repair moves the nearby partitions of one
+/// remaining node to other remaining nodes so that it can take the orphan.
+/// When no repair exists either, the orphan goes to the least loaded node
+/// and the spacing rule breaks around it. Returns the number of partitions
+/// of remaining nodes that the repairs moved.
+///
+/// Changes nothing when every owner is leaving.
+pub(crate) fn reassign_leaving(
+    owners: &mut [NodeId],
+    replicas: u32,
+    leaving: &BTreeSet<NodeId>,
+) -> usize {
+    let q = owners.len();
+    let spacing = replicas as usize;
+    let mut load: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for &owner in owners.iter() {
+        if !leaving.contains(&owner) {
+            *load.entry(owner).or_default() += 1;
+        }
+    }
+    let mut by_load: BTreeSet<(usize, NodeId)> =
+        load.iter().map(|(&node, &count)| (count, node)).collect();
+    let Some(&(_, least_loaded)) = by_load.first() else {
+        return 0;
+    };
+
+    let orphaned: Vec<usize> = (0..q).filter(|&p| leaving.contains(&owners[p])).collect();
+    let mut moved = 0;
+    for p in orphaned {
+        // Partitions that still belong to leaving nodes never match a
+        // remaining node, so they need no special case here.
+        let spaced = by_load
+            .iter()
+            .map(|&(_, node)| node)
+            .find(|&node| is_spaced(owners, p, spacing, node));
+        let node = match spaced {
+            Some(node) => node,
+            None => match plan_repair(owners, spacing, p, &by_load) {
+                Some((node, relocations)) => {
+                    for (r, target) in relocations {
+                        change_owner(owners, &mut load, &mut by_load, r, target);
+                        moved += 1;
+                    }
+                    node
+                }
+                // NOTE: the spacing rule breaks around `p` here.
+                None => by_load.first().map_or(least_loaded, |&(_, node)| node),
+            },
+        };
+        change_owner(owners, &mut load, &mut by_load, p, node);
+    }
+    moved
+}
+
+/// True when `node` owns no partition less than `spacing` positions from `p`
+/// (not counting `p` itself).
+fn is_spaced(owners: &[NodeId], p: usize, spacing: usize, node: NodeId) -> bool {
+    let q = owners.len();
+    (1..spacing.min(q)).all(|k| owners[(p + k) % q] != node && owners[(p + q - k) % q] != node)
+}
+
+/// Finds a remaining node that can take the orphaned partition `p` once its
+/// partitions near `p` go to other remaining nodes that keep the spacing
+/// rule there. Tries nodes from the least loaded up and returns the first
+/// that works, with the (partition, new owner) moves it needs. Leaves
+/// `owners` as it found it.
+fn plan_repair(
+    owners: &mut [NodeId],
+    spacing: usize,
+    p: usize,
+    by_load: &BTreeSet<(usize, NodeId)>,
+) -> Option<(NodeId, Vec<(usize, NodeId)>)> {
+    let q = owners.len();
+    let orphan_owner = owners[p];
+    for &(_, node) in by_load {
+        // Writes the trial into `owners` and undoes it before returning,
+        // which avoids copying the whole ring for every remaining node.
+        owners[p] = node;
+        let nearby: Vec<usize> = (1..spacing.min(q))
+            .flat_map(|k| [(p + k) % q, (p + q - k) % q])
+            .filter(|&r| r != p && owners[r] == node)
+            .collect();
+        let mut relocations = Vec::new();
+        for r in nearby {
+            let target = by_load
+                .iter()
+                .map(|&(_, other)| other)
+                .find(|&other| other != node && is_spaced(owners, r, spacing, other));
+            let Some(target) = target else {
+                break;
+            };
+            owners[r] = target;
+            relocations.push((r, target));
+        }
+        let fixed = is_spaced(owners, p, spacing, node);
+        for &(r, _) in &relocations {
+            owners[r] = node;
+        }
+        owners[p] = orphan_owner;
+        if fixed {
+            return Some((node, relocations));
+        }
+    }
+    None
+}
+
+/// Gives partition `p` to `node` and keeps the load counts up to date.
+fn change_owner(
+    owners: &mut [NodeId],
+    load: &mut BTreeMap<NodeId, usize>,
+    by_load: &mut BTreeSet<(usize, NodeId)>,
+    p: usize,
+    node: NodeId,
+) {
+    for (owner, delta) in [(owners[p], -1isize), (node, 1)] {
+        if let Some(count) = load.get_mut(&owner) {
+            by_load.remove(&(*count, owner));
+            *count = count.saturating_add_signed(delta);
+            by_load.insert((*count, owner));
+        }
+    }
+    owners[p] = node;
 }
 
 /// Candidate order within one owner: fewest partitions blocked, then the
