@@ -292,3 +292,24 @@ async fn request_to_non_replica_is_forwarded() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_output_into_closed_pipe_does_not_panic() {
+    tokio::time::timeout(TEST_DEADLINE, async {
+        let cluster = TestCluster::start(1).await;
+        let mut child = std::process::Command::new(common::cli_binary())
+            .args(["--endpoints", &cluster.addresses()[0], "members"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start kv-cli");
+        // The reader goes away before kv-cli has its answer to print.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().expect("wait for kv-cli");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "kv-cli panicked: {stderr}");
+        assert_ne!(output.status.code(), Some(101), "{stderr}");
+    })
+    .await
+    .expect("test timed out");
+}

@@ -104,6 +104,13 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so printing into a closed pipe (`kv-cli members
+    // | head -1`) panicked. With the default action the process ends
+    // quietly, as other command-line tools do.
+    // SAFETY: signal(2) with SIG_DFL, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
