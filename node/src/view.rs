@@ -290,14 +290,14 @@ impl ClusterView {
             }
             if !self.is_up(member.id) {
                 return Some(format!(
-                    "ring not ready: node {} ({}) is unreachable",
+                    "node {} ({}) is unreachable",
                     format_node_id(member.id),
                     member.address
                 ));
             }
             if member.ring_version != ring.version {
                 return Some(format!(
-                    "ring not ready: node {} ({}) is on ring version {}, not {}",
+                    "node {} ({}) is on ring version {}, not {}",
                     format_node_id(member.id),
                     member.address,
                     member.ring_version,

@@ -633,7 +633,10 @@ pub fn status_lines(status: &StatusResponse) -> Vec<String> {
     let ring_state = if status.ring_not_ready_reason.is_empty() {
         "ready".to_string()
     } else {
-        format!("not ready: {}", status.ring_not_ready_reason)
+        format!(
+            "not ready, ring changes wait: {}",
+            status.ring_not_ready_reason
+        )
     };
     let mut lines = vec![
         format!("node: {} ({})", status.node_id, status.address),
@@ -731,7 +734,7 @@ mod tests {
         };
         let lines = status_lines(&status);
         assert!(
-            lines.contains(&"ring: not ready: waiting for 7402".to_string()),
+            lines.contains(&"ring: not ready, ring changes wait: waiting for 7402".to_string()),
             "{lines:?}"
         );
     }
