@@ -10,6 +10,11 @@
 //!   because the request may have been applied. Reads (get, ping, admin
 //!   listings) also move on after a timeout, since repeating them is
 //!   harmless.
+//! - Nodes that the cluster's failure detectors report down (as the node
+//!   that served the latest ring refresh sees them) are tried last, so a
+//!   hung node, which would hold a write until the request timeout, is
+//!   avoided once the cluster notices it. A write that timed out also
+//!   triggers a refresh.
 //! - The ring is refreshed by a background task every
 //!   [`ClientOptions::ring_refresh_interval`] and soon after a failover. The
 //!   task stops when the last clone of the client is dropped.
@@ -69,6 +74,9 @@ struct Inner {
     next_request: AtomicUsize,
     /// Wakes the background refresh task after a failover.
     refresh_wanted: Arc<Notify>,
+    /// Addresses that the node of the latest ring refresh reported down;
+    /// requests try them last.
+    down: RwLock<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -125,6 +133,7 @@ impl Client {
             ring: RwLock::new(None),
             next_request: AtomicUsize::new(rand::random::<u32>() as usize),
             refresh_wanted: Arc::new(Notify::new()),
+            down: RwLock::new(std::collections::HashSet::new()),
         });
         let client = Client { inner };
         for seed in &client.inner.seeds {
@@ -461,6 +470,12 @@ impl Client {
             }
         }
         let fetched = Arc::new(RingSnapshot { ring, addresses });
+        *self
+            .inner
+            .down
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            reply.down_addresses.into_iter().collect();
 
         let mut guard = self
             .inner
@@ -562,13 +577,23 @@ impl Client {
     {
         let snapshot = self.cached_ring();
         let start = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
-        let candidates = routing::candidates(
+        let mut candidates = routing::candidates(
             snapshot.as_deref(),
             key,
             &self.inner.seeds,
             start,
             self.inner.options.rotate_coordinators,
         );
+        {
+            let down = self
+                .inner
+                .down
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            // A stable sort keeps the routing order among the nodes up and
+            // among those reported down.
+            candidates.sort_by_key(|address| down.contains(address));
+        }
 
         let mut tried = Vec::with_capacity(candidates.len());
         for address in candidates {
@@ -603,7 +628,17 @@ impl Client {
                     ));
                     self.inner.refresh_wanted.notify_one();
                 }
-                Err(error) => return Err(error),
+                Err(error) => {
+                    // A node that timed out may be hung: a fresh ring tells
+                    // whether the cluster reports it down.
+                    if matches!(
+                        error,
+                        Error::DeadlineExceeded { .. } | Error::Transport { .. }
+                    ) {
+                        self.inner.refresh_wanted.notify_one();
+                    }
+                    return Err(error);
+                }
             }
         }
         Err(Error::NoReachableNode { tried })

@@ -341,3 +341,44 @@ async fn clean_stop_after_concurrent_writes_is_clean() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_avoid_a_hung_node_reported_down() {
+    tokio::time::timeout(TEST_DEADLINE, async {
+        let cluster = TestCluster::start(3).await;
+        let addresses = cluster.addresses();
+        let hung = addresses[2].clone();
+        let pid = cluster.nodes[2].pid().expect("the node is running") as libc::pid_t;
+        // SAFETY: kill(2) on a PID this test started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        wait_until(
+            Duration::from_secs(30),
+            "the hung node is reported down",
+            || async {
+                members(&addresses[0]).await.is_ok_and(|view| {
+                    view.members
+                        .iter()
+                        .any(|member| member.address == hung && !member.up)
+                })
+            },
+        )
+        .await;
+
+        // A new client learns from the ring which node is down and tries it
+        // last, so no write waits for the hung node's timeout.
+        let client = kv_client::Client::connect(&addresses)
+            .await
+            .expect("connect");
+        for i in 0..30 {
+            let key = format!("avoid-{i}");
+            let put = tokio::time::timeout(Duration::from_secs(4), client.put(&key, "v", None));
+            put.await
+                .unwrap_or_else(|_| panic!("put of {key} waited for the hung node"))
+                .unwrap_or_else(|error| panic!("put of {key} failed: {error}"));
+        }
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    })
+    .await
+    .expect("test timed out");
+}

@@ -139,6 +139,12 @@ impl Admin for AdminService {
                     .map(|address| (format_node_id(id), address))
             })
             .collect();
+        let down_addresses = ring
+            .nodes()
+            .into_iter()
+            .filter(|id| !node.view.is_up(*id))
+            .filter_map(|id| node.view.address_of(id))
+            .collect();
         Ok(Response::new(RingResponse {
             cluster_id: ring.cluster_id.clone(),
             version: ring.version,
@@ -148,6 +154,7 @@ impl Admin for AdminService {
             owners: ring.owners.iter().copied().map(format_node_id).collect(),
             addresses,
             encoded: ring.encode(),
+            down_addresses,
         }))
     }
 
