@@ -20,9 +20,9 @@ pub struct Config {
     #[arg(long, env = "RINGKV_DATA_DIR")]
     pub data_dir: PathBuf,
 
-    /// Address to serve clients, operators and peers on (host:port). Peers
-    /// and clients reach the node at this address, so it must not be
-    /// 0.0.0.0.
+    /// Address to serve clients, operators and peers on, as IP:port (a host
+    /// name is not resolved). Peers and clients reach the node at this
+    /// address, so it must not be 0.0.0.0.
     #[arg(long, env = "RINGKV_LISTEN", default_value = "127.0.0.1:7401")]
     pub listen: SocketAddr,
 

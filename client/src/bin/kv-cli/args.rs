@@ -211,7 +211,7 @@ pub const MAX_QUORUM: u32 = 9;
 /// meaning "the cluster's default", because help promises 1..=N.
 fn parse_quorum(text: &str) -> Result<u32, String> {
     let fix = format!(
-        "pass a quorum from 1 to {MAX_QUORUM}, or omit the option to use the cluster's default"
+        "pass a quorum from 1 to the cluster's N (at most {MAX_QUORUM}), or omit the option to use the cluster's default"
     );
     match text.trim().parse::<u32>() {
         Ok(value) if (1..=MAX_QUORUM).contains(&value) => Ok(value),
@@ -387,7 +387,10 @@ mod tests {
             let error = parse(args).expect_err("quorum out of range");
             assert_eq!(error.exit_code(), 2, "{args:?}");
             let text = error.to_string();
-            assert!(text.contains("from 1 to 9"), "{args:?}: {text}");
+            assert!(
+                text.contains("from 1 to the cluster's N (at most 9)"),
+                "{args:?}: {text}"
+            );
         }
         let cli = parse(&["get", "k", "--r", "9"]).expect("9 is accepted");
         assert!(matches!(
