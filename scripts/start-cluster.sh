@@ -11,9 +11,9 @@
 # is not built): to change the number of nodes, stop the cluster and remove
 # .cluster/ first.
 #
-# Environment: BASE_PORT, RINGKV_NODE_ARGS (extra kv-node flags, e.g.
-# "--engine sled"), RINGKV_PROFILE (release, the default, or debug), RUST_LOG
-# (the nodes' log filter).
+# Environment: BASE_PORT, CARGO_TARGET_DIR, RINGKV_NODE_ARGS (extra kv-node
+# flags, e.g. "--engine sled"), RINGKV_PROFILE (release, the default, or
+# debug), RUST_LOG (the nodes' log filter).
 set -euo pipefail
 
 usage() {
@@ -37,7 +37,11 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 PROFILE_FLAG=()
 [[ "$PROFILE" == "release" ]] && PROFILE_FLAG=(--release)
-BIN="$ROOT/target/$PROFILE"
+# cargo builds into CARGO_TARGET_DIR when it is set (relative to the
+# repository, where cargo runs below).
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+[[ "$TARGET_DIR" == /* ]] || TARGET_DIR="$ROOT/$TARGET_DIR"
+BIN="$TARGET_DIR/$PROFILE"
 if [[ ! -x "$BIN/kv-node" || ! -x "$BIN/kv-cli" ]] \
     || [[ -n "$(find "$ROOT/proto" "$ROOT/cluster" "$ROOT/storage" "$ROOT/node" "$ROOT/client" "$ROOT/Cargo.toml" "$ROOT/Cargo.lock" \
         -newer "$BIN/kv-node" \( -name '*.rs' -o -name '*.proto' -o -name '*.toml' -o -name Cargo.lock \) -print -quit 2>/dev/null)" ]]; then
