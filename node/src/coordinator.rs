@@ -361,16 +361,7 @@ impl Node {
         key: &[u8],
         state: Vec<u8>,
     ) -> Result<(), String> {
-        let item = ReplicaItem {
-            key: key.to_vec(),
-            write: true,
-            state,
-            digest_only: false,
-            hint_for: replica,
-        };
-        self.send_replica_item(stand_in, item, self.config.message_deadline())
-            .await
-            .map(|_| ())
+        self.send_write(stand_in, replica, key, state).await
     }
 
     /// Sends a key's state to one replica and waits for its durable
@@ -381,14 +372,27 @@ impl Node {
         key: &[u8],
         state: Vec<u8>,
     ) -> Result<(), String> {
+        self.send_write(peer, 0, key, state).await
+    }
+
+    /// Sends a key's state to `target` with the message deadline and waits
+    /// for its durable acknowledgement. `hint_for` names the replica that
+    /// `target` stands in for, or is 0 for a write to a replica itself.
+    async fn send_write(
+        self: &Arc<Self>,
+        target: NodeId,
+        hint_for: NodeId,
+        key: &[u8],
+        state: Vec<u8>,
+    ) -> Result<(), String> {
         let item = ReplicaItem {
             key: key.to_vec(),
             write: true,
             state,
             digest_only: false,
-            hint_for: 0,
+            hint_for,
         };
-        self.send_replica_item(peer, item, self.config.message_deadline())
+        self.send_replica_item(target, item, self.config.message_deadline())
             .await
             .map(|_| ())
     }
