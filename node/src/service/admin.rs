@@ -130,17 +130,17 @@ impl Admin for AdminService {
     async fn ring(&self, _request: Request<RingRequest>) -> Result<Response<RingResponse>, Status> {
         let node = &self.node;
         let ring = node.view.ring();
-        let addresses = ring
-            .nodes()
-            .into_iter()
+        let nodes = ring.nodes();
+        let addresses = nodes
+            .iter()
+            .copied()
             .filter_map(|id| {
                 node.view
                     .address_of(id)
                     .map(|address| (format_node_id(id), address))
             })
             .collect();
-        let down_addresses = ring
-            .nodes()
+        let down_addresses = nodes
             .into_iter()
             .filter(|id| !node.view.is_up(*id))
             .filter_map(|id| node.view.address_of(id))
