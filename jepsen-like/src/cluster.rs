@@ -319,14 +319,7 @@ impl Cluster {
     /// Stops node `node` with SIGSTOP.
     pub fn pause(&mut self, node: usize) -> Result<(), ClusterError> {
         let entry = self.running_entry(node, "paused")?;
-        let pid = entry
-            .child
-            .as_ref()
-            .map(Child::id)
-            .ok_or(ClusterError::NotRunning {
-                node,
-                action: "paused",
-            })?;
+        let pid = child_pid(entry, node, "paused")?;
         send_signal(node, pid, libc::SIGSTOP, "SIGSTOP")?;
         entry.status = NodeStatus::Paused;
         tracing::info!(node = %format!("n{node}"), pid, "paused node");
@@ -345,14 +338,7 @@ impl Cluster {
         if entry.status != NodeStatus::Paused {
             return Ok(());
         }
-        let pid = entry
-            .child
-            .as_ref()
-            .map(Child::id)
-            .ok_or(ClusterError::NotRunning {
-                node,
-                action: "resumed",
-            })?;
+        let pid = child_pid(entry, node, "resumed")?;
         send_signal(node, pid, libc::SIGCONT, "SIGCONT")?;
         entry.status = NodeStatus::Running;
         tracing::info!(node = %format!("n{node}"), pid, "resumed node");
@@ -498,6 +484,16 @@ fn check_members(reply: &kv_client::proto::MembersResponse, count: usize) -> Res
         return Err("members disagree on the ring version".into());
     }
     Ok(())
+}
+
+/// Returns the PID of node `node`'s process, or the error that `action`
+/// found no process to act on.
+fn child_pid(entry: &Node, node: usize, action: &'static str) -> Result<u32, ClusterError> {
+    entry
+        .child
+        .as_ref()
+        .map(Child::id)
+        .ok_or(ClusterError::NotRunning { node, action })
 }
 
 /// Sends `signal` to `pid`, a child this module spawned and has not reaped.
