@@ -24,8 +24,8 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 // The request path allocates many small short-lived buffers (messages,
-// keys, states); glibc's allocator spent about a tenth of a node's time on
-// them in a read-only benchmark.
+// keys, states). In a read-only benchmark glibc's allocator spent about a
+// tenth of a node's time on them.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -121,25 +121,30 @@ impl Node {
         let Some(timeout) = batch.iter().map(|queued| queued.deadline - now).max() else {
             return;
         };
+
         let (items, replies): (Vec<ReplicaItem>, Vec<oneshot::Sender<ItemReply>>) = batch
             .into_iter()
             .map(|queued| (queued.item, queued.reply))
             .unzip();
+
         let fail_all = |replies: Vec<oneshot::Sender<ItemReply>>, reason: String| {
             for reply in replies {
                 let _ = reply.send(Err(reason.clone()));
             }
         };
+
         let mut client = match self.peers.peer(address) {
             Ok(client) => client,
             Err(status) => return fail_all(replies, status.message().to_string()),
         };
+
         self.stats
             .replica_batches_sent
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.stats
             .replica_items_sent
             .fetch_add(items.len() as u64, std::sync::atomic::Ordering::Relaxed);
+
         let ring = self.view.ring();
         // The receiver works on the batch until the last caller stops waiting.
         let request = ReplicaBatchRequest {
@@ -151,6 +156,7 @@ impl Node {
             )),
             items,
         };
+
         match tokio::time::timeout(timeout, client.replica_batch(request)).await {
             Ok(Ok(response)) => {
                 let results = response.into_inner().results;

@@ -8,9 +8,9 @@
 //!
 //! - the key has held the same tombstone-only state on the reaper for
 //!   `--reap-grace-ms`, measured on the reaper's monotonic clock from when
-//!   it first saw that state (the grace is longer than the message deadline
-//!   plus twice the peer keepalive, so every replica write sent before the
-//!   delete has been applied, or given up on and kept as a hint);
+//!   it first saw that state. The grace is longer than the message deadline
+//!   plus twice the peer keepalive, so by then every replica write sent
+//!   before the delete was applied, or given up on and kept as a hint;
 //! - every owner in the preference list answers with that state's digest or
 //!   with nothing (an owner that does not answer blocks the purge);
 //! - every member that was not removed answers, asked directly, that it

@@ -165,12 +165,12 @@ impl LocalStore {
         &self.commit
     }
 
-    /// The engine, for spaces other than data (hints).
+    /// Returns the engine, for spaces other than data (hints).
     pub(crate) fn engine(&self) -> &Arc<dyn Engine> {
         &self.engine
     }
 
-    /// The storage threads that every engine call runs on.
+    /// Returns the storage threads that every engine call runs on.
     pub(crate) fn pool(&self) -> &StoragePool {
         &self.pool
     }
