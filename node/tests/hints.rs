@@ -112,6 +112,11 @@ async fn hinted_writes_reach_owner_after_stand_in_restart() {
             cluster
                 .wait_member_up(&observer, &owner, false, Duration::from_secs(30))
                 .await;
+            // Under load a detector can suspect a healthy node for a moment;
+            // the coordinators must see the stand-in up before the writes.
+            cluster
+                .wait_member_up(&observer, &stand_in, true, Duration::from_secs(30))
+                .await;
         }
 
         for (index, key) in keys.iter().enumerate() {
