@@ -14,7 +14,8 @@
 //!   that served the latest ring refresh sees them) are tried last, so a
 //!   hung node, which would hold a write until the request timeout, is
 //!   avoided once the cluster notices it. A write that timed out also
-//!   triggers a refresh.
+//!   triggers a refresh. NOTE: each refresh replaces the list, so a refresh
+//!   served by a node that has not noticed the hung one yet clears it.
 //! - The ring is refreshed by a background task every
 //!   [`ClientOptions::ring_refresh_interval`] and soon after a failover. The
 //!   task stops when the last clone of the client is dropped.

@@ -351,18 +351,22 @@ async fn writes_avoid_a_hung_node_reported_down() {
         let pid = cluster.nodes[2].pid().expect("the node is running") as libc::pid_t;
         // SAFETY: kill(2) on a PID this test started.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-        wait_until(
-            Duration::from_secs(30),
-            "the hung node is reported down",
-            || async {
-                members(&addresses[0]).await.is_ok_and(|view| {
-                    view.members
-                        .iter()
-                        .any(|member| member.address == hung && !member.up)
-                })
-            },
-        )
-        .await;
+        // The client takes the down list of whichever node serves its ring,
+        // so both healthy nodes must report the hung one down.
+        for observer in &addresses[..2] {
+            wait_until(
+                Duration::from_secs(30),
+                "the hung node is reported down",
+                || async {
+                    members(observer).await.is_ok_and(|view| {
+                        view.members
+                            .iter()
+                            .any(|member| member.address == hung && !member.up)
+                    })
+                },
+            )
+            .await;
+        }
 
         // A new client learns from the ring which node is down and tries it
         // last, so no write waits for the hung node's timeout.
