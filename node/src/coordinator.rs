@@ -329,7 +329,7 @@ impl Node {
 
         if stand_ins.is_some() {
             if tried.is_empty() {
-                reason.push_str("; no healthy stand-in beyond the preference list");
+                reason.push_str("; no stand-in beyond the preference list");
             } else {
                 reason.push_str(&format!("; {}", tried.join("; ")));
             }
@@ -720,7 +720,15 @@ impl Node {
 struct StandIns {
     key: Vec<u8>,
     /// Stand-ins not handed out yet, computed from the ring on first use.
-    remaining: std::sync::Mutex<Option<std::collections::VecDeque<NodeId>>>,
+    remaining: std::sync::Mutex<Option<StandInQueue>>,
+}
+
+/// Stand-ins in ring order, and those passed over because the failure
+/// detector suspected them when their turn came.
+#[derive(Default)]
+struct StandInQueue {
+    unseen: std::collections::VecDeque<NodeId>,
+    suspected: std::collections::VecDeque<NodeId>,
 }
 
 impl StandIns {
@@ -731,8 +739,10 @@ impl StandIns {
         }
     }
 
-    /// Returns the next stand-in that the failure detector reports up, in
-    /// ring order beyond the preference list, or `None` when none is left.
+    /// Returns the next stand-in in ring order beyond the preference list,
+    /// preferring nodes that the failure detector reports up. Suspected
+    /// nodes come after every healthy one, since a suspicion under load
+    /// can be false. `None` when none is left.
     fn next(&self, node: &Node) -> Option<NodeId> {
         let mut remaining = self
             .remaining
@@ -740,14 +750,21 @@ impl StandIns {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let queue = remaining.get_or_insert_with(|| {
             let ring = node.view.ring();
-            ring.stand_ins(ring.partition_for_key(&self.key)).into()
+            StandInQueue {
+                unseen: ring.stand_ins(ring.partition_for_key(&self.key)).into(),
+                suspected: Default::default(),
+            }
         });
-        while let Some(candidate) = queue.pop_front() {
-            if candidate != node.node_id() && node.view.is_up(candidate) {
+        while let Some(candidate) = queue.unseen.pop_front() {
+            if candidate == node.node_id() {
+                continue;
+            }
+            if node.view.is_up(candidate) {
                 return Some(candidate);
             }
+            queue.suspected.push_back(candidate);
         }
-        None
+        queue.suspected.pop_front()
     }
 }
 
