@@ -400,10 +400,22 @@ mod tests {
         assert!(!report.complete);
         assert_eq!(report.stopped_by, "max-secs");
         assert_eq!(report.present, 1);
-        assert_eq!(report.failed, 1);
-        assert_eq!(report.unknown, 1);
+        assert_eq!(report.missing, 0);
+        // The deadline may pass inside the last pass, leaving user11 or
+        // user12 unchecked there; every earlier pass read both.
+        assert_eq!(
+            report.failed + report.unknown + report.unchecked,
+            2,
+            "{report:?}"
+        );
+        assert!(report.failed <= 1 && report.unknown <= 1, "{report:?}");
         assert!(report.passes >= 2, "passes {}", report.passes);
-        assert_eq!(report.errors.get("unavailable"), Some(&report.passes));
+        let failed_reads = report.errors.get("unavailable").copied().unwrap_or(0);
+        assert!(
+            failed_reads == report.passes || failed_reads + 1 == report.passes,
+            "{failed_reads} failed reads in {} passes",
+            report.passes
+        );
         assert!(report.elapsed_secs < 5.0, "elapsed {}", report.elapsed_secs);
     }
 
