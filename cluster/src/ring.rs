@@ -29,7 +29,10 @@ pub const DEFAULT_TREE_LEAVES: u32 = 64;
 pub const MAX_PARTITIONS: u32 = 65536;
 
 /// Version byte that starts the binary encoding of a ring.
-const FORMAT_VERSION: u8 = 1;
+const FORMAT_VERSION: u8 = 2;
+
+/// Oldest ring encoding this build still reads (no plan).
+const FIRST_FORMAT_VERSION: u8 = 1;
 
 /// Errors of ring construction and decoding.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -62,6 +65,54 @@ pub struct Ring {
     pub claimant: NodeId,
     /// Anti-entropy hash-tree leaves per partition, fixed cluster-wide.
     pub tree_leaves: u32,
+    /// The ownership change in progress, if any.
+    pub plan: Option<Plan>,
+}
+
+/// A planned change of ownership and how far it has got.
+///
+/// A key partition whose preference list has other nodes under the planned
+/// owners than under the current ones is *moving*. Until it is marked done,
+/// its list stays the current one (reads count those nodes), and writes
+/// also go to the planned list. Marking it done flips its list to the
+/// planned one. When every moving partition is done the planned owners
+/// become the owners and the plan ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Planned owner of each partition, indexed by partition.
+    pub owners: Vec<NodeId>,
+    /// Ring version that started the plan; transfer reports name it.
+    pub started: u64,
+    /// Moving partitions whose transfer is complete.
+    pub done: BTreeSet<u32>,
+}
+
+/// The two preference lists of a moving partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Move {
+    /// List under the current owners: reads count these nodes.
+    pub old: Vec<NodeId>,
+    /// List under the planned owners.
+    pub new: Vec<NodeId>,
+}
+
+impl Move {
+    /// Nodes of the planned list that are not in the current one: they
+    /// receive the partition's data.
+    pub fn receivers(&self) -> Vec<NodeId> {
+        self.new
+            .iter()
+            .copied()
+            .filter(|node| !self.old.contains(node))
+            .collect()
+    }
+
+    /// Every node of either list, current list first.
+    pub fn union(&self) -> Vec<NodeId> {
+        let mut all = self.old.clone();
+        all.extend(self.receivers());
+        all
+    }
 }
 
 impl Ring {
@@ -86,6 +137,7 @@ impl Ring {
             version: 1,
             claimant: first,
             tree_leaves: DEFAULT_TREE_LEAVES,
+            plan: None,
         })
     }
 
@@ -98,14 +150,123 @@ impl Ring {
     /// `partition`, then the owners of the following partitions (wrapping),
     /// skipping nodes already listed, until N distinct nodes or every node.
     /// A partition outside the ring is taken modulo Q.
+    ///
+    /// While a plan runs, a partition marked done uses the planned owners
+    /// and every other partition the current ones.
     pub fn preference_list(&self, partition: u32) -> Vec<NodeId> {
         let q = self.owners.len();
         if q == 0 {
             return Vec::new();
         }
+        let partition = partition % q as u32;
+        let claim = self.claim_of(partition);
         // A walk that wraps the whole ring stops with fewer than N nodes
         // when the ring has fewer, so the distinct nodes need no count first.
-        self.walk_from(partition as usize % q, self.replicas as usize)
+        walk(claim, partition as usize, self.replicas as usize)
+    }
+
+    /// The owners whose walk gives `partition`'s list: the planned ones
+    /// once the partition is marked done, else the current ones.
+    fn claim_of(&self, partition: u32) -> &[NodeId] {
+        match &self.plan {
+            Some(plan) if plan.done.contains(&partition) => &plan.owners,
+            _ => &self.owners,
+        }
+    }
+
+    /// The current and planned lists of `partition` while it is moving:
+    /// a plan runs, the partition is not done, and the two lists hold
+    /// different nodes. `None` otherwise.
+    pub fn moving(&self, partition: u32) -> Option<Move> {
+        let plan = self.plan.as_ref()?;
+        let q = self.owners.len();
+        if q == 0 || plan.owners.len() != q {
+            return None;
+        }
+        let partition = partition % q as u32;
+        if plan.done.contains(&partition) {
+            return None;
+        }
+        let length = self.replicas as usize;
+        let old = walk(&self.owners, partition as usize, length);
+        let new = walk(&plan.owners, partition as usize, length);
+        let old_set: BTreeSet<NodeId> = old.iter().copied().collect();
+        let new_set: BTreeSet<NodeId> = new.iter().copied().collect();
+        (old_set != new_set).then_some(Move { old, new })
+    }
+
+    /// Every partition that is moving, in index order.
+    pub fn moving_partitions(&self) -> Vec<u32> {
+        if self.plan.is_none() {
+            return Vec::new();
+        }
+        (0..self.owners.len() as u32)
+            .filter(|&partition| self.moving(partition).is_some())
+            .collect()
+    }
+
+    /// Nodes that hold `partition`'s data: its preference list, and while
+    /// it moves also the nodes receiving it.
+    pub fn replica_set(&self, partition: u32) -> Vec<NodeId> {
+        match self.moving(partition) {
+            Some(moving) => moving.union(),
+            None => self.preference_list(partition),
+        }
+    }
+
+    /// The ring the plan leads to, as it will be when the plan ends:
+    /// planned owners, no plan. `None` without a plan.
+    pub fn planned(&self) -> Option<Ring> {
+        let plan = self.plan.as_ref()?;
+        let mut next = self.clone();
+        next.owners = plan.owners.clone();
+        next.plan = None;
+        Some(next)
+    }
+
+    /// Returns the next version of this ring with `owners` as the planned
+    /// owners, claimed by `claimant`. When they equal the current owners
+    /// the result has no plan. The caller starts a plan only when none runs.
+    pub fn with_plan(&self, owners: Vec<NodeId>, claimant: NodeId) -> Ring {
+        let mut next = self.clone();
+        next.version = self.version.saturating_add(1);
+        next.claimant = claimant;
+        next.plan = (owners != self.owners).then(|| Plan {
+            owners,
+            started: next.version,
+            done: BTreeSet::new(),
+        });
+        next.finish_plan_if_done();
+        next
+    }
+
+    /// Returns the next version of this ring with `partitions` marked done,
+    /// claimed by `claimant`. Partitions that are not moving are ignored.
+    /// When no moving partition is left, the planned owners become the
+    /// owners and the plan ends.
+    pub fn with_partitions_done(&self, partitions: &[u32], claimant: NodeId) -> Ring {
+        let mut next = self.clone();
+        next.version = self.version.saturating_add(1);
+        next.claimant = claimant;
+        let moving: Vec<u32> = partitions
+            .iter()
+            .copied()
+            .filter(|&partition| self.moving(partition).is_some())
+            .collect();
+        if let Some(plan) = next.plan.as_mut() {
+            plan.done.extend(moving);
+        }
+        next.finish_plan_if_done();
+        next
+    }
+
+    /// Ends the plan when no partition is moving any more.
+    fn finish_plan_if_done(&mut self) {
+        if self.plan.is_some() && self.moving_partitions().is_empty() {
+            if let Some(plan) = self.plan.take() {
+                self.owners = plan.owners;
+            }
+        }
     }
 
     /// Preference list of a user key.
@@ -115,20 +276,28 @@ impl Ring {
 
     /// Stand-ins of `partition` for sloppy quorum: the nodes beyond its
     /// preference list, in the order a clockwise walk from the partition
-    /// meets them. Empty when the ring has N nodes or fewer.
+    /// meets them. Empty when the ring has N nodes or fewer. While the
+    /// partition moves, nodes of either list are no stand-ins.
     pub fn stand_ins(&self, partition: u32) -> Vec<NodeId> {
         let q = self.owners.len();
         if q == 0 {
             return Vec::new();
         }
-        let mut walk = self.walk_from(partition as usize % q, q);
-        let listed = (self.replicas as usize).min(walk.len());
-        walk.split_off(listed)
+        let partition = partition % q as u32;
+        let listed = self.replica_set(partition);
+        walk(self.claim_of(partition), partition as usize, q)
+            .into_iter()
+            .filter(|node| !listed.contains(node))
+            .collect()
     }
 
-    /// Distinct nodes that own at least one partition, sorted by id.
+    /// Distinct nodes that own at least one partition, now or in the plan,
+    /// sorted by id.
     pub fn nodes(&self) -> Vec<NodeId> {
-        let distinct: BTreeSet<NodeId> = self.owners.iter().copied().collect();
+        let mut distinct: BTreeSet<NodeId> = self.owners.iter().copied().collect();
+        if let Some(plan) = &self.plan {
+            distinct.extend(plan.owners.iter().copied());
+        }
         distinct.into_iter().collect()
     }
 
@@ -154,9 +323,8 @@ impl Ring {
 
     /// Preference lists of every partition, indexed by partition.
     pub fn preference_lists(&self) -> Vec<Vec<NodeId>> {
-        let length = (self.replicas as usize).min(self.nodes().len());
-        (0..self.owners.len())
-            .map(|p| self.walk_from(p, length))
+        (0..self.owners.len() as u32)
+            .map(|p| self.preference_list(p))
             .collect()
     }
 
@@ -267,7 +435,12 @@ impl Ring {
     /// (u16) and UTF-8 bytes, Q (u32), N (u32), version (u64), claimant
     /// (u64), tree leaves (u32), the count of distinct owners (u32), their
     /// ids (u64 each, sorted), then Q owner indexes into that list (u16
-    /// each, enough because there are at most 65536 distinct owners).
+    /// each, enough because there are at most 65536 distinct owners). Then
+    /// a plan flag (u8, 0 or 1); with a plan, the version that started it
+    /// (u64), Q planned owner indexes (u16 each) and the done partitions as
+    /// a bitmap of Q bits (Q/8 bytes, rounded up). The owner id list holds
+    /// the current and the planned owners. Version 1 ended after the owner
+    /// indexes and is still read.
     pub fn encode(&self) -> Vec<u8> {
         let nodes = self.nodes();
         let index: BTreeMap<NodeId, u16> = nodes
@@ -296,6 +469,23 @@ impl Ring {
         for owner in &self.owners {
             out.extend_from_slice(&index[owner].to_be_bytes());
         }
+        match &self.plan {
+            None => out.push(0),
+            Some(plan) => {
+                out.push(1);
+                out.extend_from_slice(&plan.started.to_be_bytes());
+                for owner in &plan.owners {
+                    out.extend_from_slice(&index[owner].to_be_bytes());
+                }
+                let mut bitmap = vec![0u8; self.owners.len().div_ceil(8)];
+                for &partition in &plan.done {
+                    if let Some(byte) = bitmap.get_mut(partition as usize / 8) {
+                        *byte |= 1 << (partition % 8);
+                    }
+                }
+                out.extend_from_slice(&bitmap);
+            }
+        }
         out
     }
 
@@ -308,9 +498,9 @@ impl Ring {
     pub fn decode(bytes: &[u8]) -> Result<Ring, RingError> {
         let mut reader = Reader { bytes, offset: 0 };
         let format = reader.u8("format version")?;
-        if format != FORMAT_VERSION {
+        if !(FIRST_FORMAT_VERSION..=FORMAT_VERSION).contains(&format) {
             return Err(RingError::Decode(format!(
-                "unknown format version {format}; this build reads version {FORMAT_VERSION}"
+                "unknown format version {format}; this build reads versions {FIRST_FORMAT_VERSION} to {FORMAT_VERSION}"
             )));
         }
         let id_len = reader.u16("cluster id length")? as usize;
@@ -345,18 +535,33 @@ impl Ring {
                 "owner ids are not strictly increasing".to_string(),
             ));
         }
-        let mut owners = Vec::with_capacity(partitions as usize);
         let mut used = vec![false; node_count];
-        for partition in 0..partitions {
-            let index = reader.u16("owner index")? as usize;
-            let Some(&node) = nodes.get(index) else {
-                return Err(RingError::Decode(format!(
-                    "owner index {index} of partition {partition} is beyond the {node_count} owner ids"
-                )));
-            };
-            used[index] = true;
-            owners.push(node);
-        }
+        let owners = read_owners(&mut reader, &nodes, partitions, &mut used)?;
+        let plan = if format == FIRST_FORMAT_VERSION {
+            None
+        } else {
+            match reader.u8("plan flag")? {
+                0 => None,
+                1 => {
+                    let started = reader.u64("plan start version")?;
+                    let planned = read_owners(&mut reader, &nodes, partitions, &mut used)?;
+                    let bitmap = reader.take((partitions as usize).div_ceil(8), "done bitmap")?;
+                    let done = (0..partitions)
+                        .filter(|&p| bitmap[p as usize / 8] & (1 << (p % 8)) != 0)
+                        .collect();
+                    Some(Plan {
+                        owners: planned,
+                        started,
+                        done,
+                    })
+                }
+                flag => {
+                    return Err(RingError::Decode(format!(
+                        "plan flag {flag} is neither 0 nor 1"
+                    )))
+                }
+            }
+        };
         if let Some(unused) = used.iter().position(|&u| !u) {
             return Err(RingError::Decode(format!(
                 "owner id {} owns no partition",
@@ -378,25 +583,49 @@ impl Ring {
             version,
             claimant,
             tree_leaves,
+            plan,
         })
     }
 
-    /// Walks clockwise from partition `start` and collects the first
-    /// `length` distinct owners.
-    fn walk_from(&self, start: usize, length: usize) -> Vec<NodeId> {
-        let q = self.owners.len();
-        let mut list = Vec::with_capacity(length);
-        for step in 0..q {
-            if list.len() >= length {
-                break;
-            }
-            let owner = self.owners[(start + step) % q];
-            if !list.contains(&owner) {
-                list.push(owner);
-            }
-        }
-        list
+}
+
+/// Reads Q owner indexes into `nodes` and marks the ids they use.
+fn read_owners(
+    reader: &mut Reader<'_>,
+    nodes: &[NodeId],
+    partitions: u32,
+    used: &mut [bool],
+) -> Result<Vec<NodeId>, RingError> {
+    let mut owners = Vec::with_capacity(partitions as usize);
+    for partition in 0..partitions {
+        let index = reader.u16("owner index")? as usize;
+        let Some(&node) = nodes.get(index) else {
+            return Err(RingError::Decode(format!(
+                "owner index {index} of partition {partition} is beyond the {} owner ids",
+                nodes.len()
+            )));
+        };
+        used[index] = true;
+        owners.push(node);
     }
+    Ok(owners)
+}
+
+/// Walks `owners` clockwise from partition `start` and collects the first
+/// `length` distinct nodes.
+fn walk(owners: &[NodeId], start: usize, length: usize) -> Vec<NodeId> {
+    let q = owners.len();
+    let mut list = Vec::with_capacity(length);
+    for step in 0..q {
+        if list.len() >= length {
+            break;
+        }
+        let owner = owners[(start + step) % q];
+        if !list.contains(&owner) {
+            list.push(owner);
+        }
+    }
+    list
 }
 
 fn check_partitions(partitions: u32) -> Result<(), String> {
@@ -509,7 +738,7 @@ mod tests {
                 // the preference list and continues with the stand-ins.
                 let mut walk = list.clone();
                 walk.extend(stand_ins.iter().copied());
-                assert_eq!(walk, ring.walk_from(partition as usize, nodes.len()));
+                assert_eq!(walk, super::walk(&ring.owners, partition as usize, nodes.len()));
             }
         }
         let small = &rings[2];
@@ -964,6 +1193,138 @@ mod tests {
         assert_eq!(Ring::decode(&ring.encode()), Ok(ring));
     }
 
+    /// A ring of `nodes` nodes and a plan that adds `joining` and removes
+    /// `leaving`, as the claimant makes it.
+    fn planned(nodes: u64, joining: &[NodeId], leaving: &[NodeId]) -> (Ring, Ring) {
+        let before = grow(256, 3, nodes).pop().expect("a ring");
+        let target = before
+            .with_nodes_added(joining, node_id(0))
+            .with_nodes_removed(leaving, node_id(0))
+            .expect("nodes remain");
+        let plan = before.with_plan(target.owners.clone(), node_id(0));
+        (before, plan)
+    }
+
+    #[test]
+    fn plan_keeps_current_lists_and_adds_receivers() {
+        let joining = node_id(3);
+        let (before, ring) = planned(3, &[joining], &[]);
+        assert_eq!(ring.version, before.version + 1);
+        let plan = ring.plan.as_ref().expect("a plan");
+        assert_eq!(plan.started, ring.version);
+        let target = ring.planned().expect("planned ring");
+        let moving = ring.moving_partitions();
+        assert!(!moving.is_empty());
+        for partition in 0..256 {
+            // Reads still use the current lists.
+            assert_eq!(
+                ring.preference_list(partition),
+                before.preference_list(partition)
+            );
+            match ring.moving(partition) {
+                Some(moving) => {
+                    assert_eq!(moving.old, before.preference_list(partition));
+                    assert_eq!(moving.new, target.preference_list(partition));
+                    assert_eq!(moving.receivers(), vec![joining], "partition {partition}");
+                    assert_eq!(ring.replica_set(partition), moving.union());
+                    let stand_ins = ring.stand_ins(partition);
+                    assert!(moving.union().iter().all(|node| !stand_ins.contains(node)));
+                }
+                None => assert_eq!(
+                    list_sets(&before)[partition as usize],
+                    list_sets(&target)[partition as usize]
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn done_partitions_flip_and_the_plan_ends() {
+        let (_, ring) = planned(4, &[node_id(4), node_id(5)], &[]);
+        let target = ring.planned().expect("planned ring");
+        let moving = ring.moving_partitions();
+        let (first, rest) = moving.split_at(moving.len() / 2);
+        let half = ring.with_partitions_done(first, node_id(0));
+        assert_eq!(half.version, ring.version + 1);
+        for &partition in first {
+            assert_eq!(half.moving(partition), None);
+            assert_eq!(
+                half.preference_list(partition),
+                target.preference_list(partition)
+            );
+        }
+        assert_eq!(half.moving_partitions(), rest.to_vec());
+        // Partitions that do not move, or are done already, are ignored.
+        let again = half.with_partitions_done(first, node_id(0));
+        assert_eq!(again.moving_partitions(), rest.to_vec());
+
+        let finished = again.with_partitions_done(rest, node_id(0));
+        assert_eq!(finished.plan, None);
+        assert_eq!(finished.owners, target.owners);
+        assert_eq!(finished.preference_lists(), target.preference_lists());
+    }
+
+    #[test]
+    fn decommission_plan_sends_leaver_partitions_to_others() {
+        // With more than N + 1 nodes left, only the leaver's lists change.
+        let leaving = node_id(2);
+        let (_, ring) = planned(6, &[], &[leaving]);
+        for partition in ring.moving_partitions() {
+            let moving = ring.moving(partition).expect("moving");
+            assert!(moving.old.contains(&leaving));
+            assert!(!moving.new.contains(&leaving));
+            assert!(!moving.receivers().is_empty());
+        }
+        let done = ring.with_partitions_done(&ring.moving_partitions(), node_id(0));
+        assert!(!done.nodes().contains(&leaving));
+    }
+
+    #[test]
+    fn another_claimant_finishes_a_plan() {
+        // The claimant that started the plan dies after marking a few
+        // partitions done; the next claimant marks the rest from the ring
+        // it received, and the plan ends where the first one aimed.
+        let (_, ring) = planned(4, &[node_id(4)], &[]);
+        let target = ring.planned().expect("planned ring");
+        let moving = ring.moving_partitions();
+        let partial = ring.with_partitions_done(&moving[..3], node_id(0));
+        let received = Ring::decode(&partial.encode()).expect("decodes");
+        let rest = received.moving_partitions();
+        assert_eq!(rest.len(), moving.len() - 3);
+        let finished = received.with_partitions_done(&rest, node_id(1));
+        assert!(finished.is_newer_than(&partial));
+        assert_eq!(finished.claimant, node_id(1));
+        assert_eq!(finished.plan, None);
+        assert_eq!(finished.owners, target.owners);
+    }
+
+    #[test]
+    fn plan_to_the_same_owners_is_no_plan() {
+        let ring = grow(64, 3, 4).pop().expect("a ring");
+        let same = ring.with_plan(ring.owners.clone(), node_id(0));
+        assert_eq!(same.plan, None);
+        assert_eq!(same.version, ring.version + 1);
+    }
+
+    #[test]
+    fn encode_round_trips_a_plan() {
+        let (_, ring) = planned(3, &[node_id(3)], &[]);
+        assert_eq!(Ring::decode(&ring.encode()), Ok(ring.clone()));
+        let moving = ring.moving_partitions();
+        let half = ring.with_partitions_done(&moving[..moving.len() / 2], node_id(0));
+        assert_eq!(Ring::decode(&half.encode()), Ok(half));
+    }
+
+    #[test]
+    fn decode_reads_format_one() {
+        let ring = grow(64, 3, 5).pop().expect("a ring");
+        let mut bytes = ring.encode();
+        // Version 1 is version 2 without the plan flag.
+        assert_eq!(bytes.pop(), Some(0));
+        bytes[0] = 1;
+        assert_eq!(Ring::decode(&bytes), Ok(ring));
+    }
+
     #[test]
     fn encode_is_compact() {
         let ring = &grow(256, 3, 10)[9];
@@ -1003,7 +1364,8 @@ mod tests {
     #[test]
     fn decode_rejects_bad_owner_index() {
         let mut bytes = grow(64, 3, 2)[1].encode();
-        let last = bytes.len() - 1;
+        // The last owner index comes just before the plan flag.
+        let last = bytes.len() - 2;
         bytes[last] = 7;
         let error = Ring::decode(&bytes).unwrap_err();
         assert!(matches!(error, RingError::Decode(ref m) if m.contains("owner index 7")));
