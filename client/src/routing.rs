@@ -107,6 +107,7 @@ mod tests {
             version: 3,
             claimant: 1,
             tree_leaves: 16,
+            plan: None,
         };
         let snapshot = RingSnapshot {
             ring,
