@@ -1,6 +1,7 @@
 //! `kv-node`: a ringkv database node. See `kv-node --help`.
 
 mod aae;
+mod changes;
 mod config;
 mod coordinator;
 mod error;
@@ -17,6 +18,7 @@ mod server;
 mod service;
 mod stats;
 mod store;
+mod transfer;
 mod trees;
 mod view;
 

@@ -35,6 +35,10 @@ pub const WRITE_SEQUENCE: &[u8] = b"write_sequence";
 
 const EPOCHS_FILE: &str = "epochs";
 const CLEAN_STOP_FILE: &str = "clean-stop";
+/// Present while the node is being decommissioned.
+const LEAVING_FILE: &str = "leaving";
+/// Present once the node has left its cluster; it never starts again.
+const LEFT_FILE: &str = "left";
 
 /// Epochs reserved per fsync of the reservation file. Every key's first put
 /// through a coordinator takes a fresh epoch, so blocks are large.
@@ -318,6 +322,34 @@ impl Meta {
     }
 
     /// Stores the ring durably.
+    /// Records durably that the node is being decommissioned, so a restart
+    /// goes on leaving.
+    pub fn mark_leaving(&self) -> Result<(), MetaError> {
+        write_file_durably(&self.data_dir, LEAVING_FILE, b"leaving\n")
+    }
+
+    /// True when the node was decommissioned and has not left yet.
+    pub fn is_leaving(&self) -> bool {
+        matches!(read_file(&self.data_dir, LEAVING_FILE), Ok(Some(_)))
+    }
+
+    /// Records durably that the node left cluster `cluster_id`.
+    pub fn mark_left(&self, cluster_id: &str) -> Result<(), MetaError> {
+        write_file_durably(
+            &self.data_dir,
+            LEFT_FILE,
+            format!("left cluster {cluster_id}\n").as_bytes(),
+        )
+    }
+
+    /// Returns the content of the left marker when the node has left.
+    pub fn left_marker(data_dir: &Path) -> Option<String> {
+        match read_file(data_dir, LEFT_FILE) {
+            Ok(Some(bytes)) => Some(String::from_utf8_lossy(&bytes).trim().to_string()),
+            _ => None,
+        }
+    }
+
     pub fn save_ring(&self, ring: &Ring) -> Result<(), MetaError> {
         self.engine.write(&[WriteOp {
             space: Space::Meta,

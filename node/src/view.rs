@@ -36,6 +36,8 @@ pub struct ClusterView {
     liveness: Mutex<HashMap<NodeId, Liveness>>,
     detector_config: DetectorConfig,
     started: Instant,
+    /// Set when an operator decommissioned this node.
+    leaving: std::sync::atomic::AtomicBool,
 }
 
 impl ClusterView {
@@ -57,6 +59,7 @@ impl ClusterView {
                 ..DetectorConfig::default()
             },
             started: Instant::now(),
+            leaving: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -248,15 +251,37 @@ impl ClusterView {
         self.with_membership(|table| table.members.get(&id).cloned())
     }
 
+    /// Marks this node as leaving: its next heartbeat says so, and the
+    /// claimant plans its partitions away.
+    pub fn set_leaving(&self) {
+        self.leaving
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// This node's status as its heartbeats announce it: leaving once
+    /// decommissioned and left when no partition names it any more;
+    /// otherwise normal when it owns partitions and joining before.
+    pub fn own_status(&self) -> MemberStatus {
+        let ring = self.ring();
+        let in_ring = ring.nodes().contains(&self.node_id);
+        if self.leaving.load(std::sync::atomic::Ordering::SeqCst) {
+            if in_ring {
+                MemberStatus::Leaving
+            } else {
+                MemberStatus::Left
+            }
+        } else if ring.owners.contains(&self.node_id) {
+            MemberStatus::Normal
+        } else {
+            MemberStatus::Joining
+        }
+    }
+
     /// Updates this node's own entry for a heartbeat: bumps its version and
     /// refreshes status, ring version and the holds-data flag.
     pub fn beat(&self, generation: u64, holds_data: bool) {
         let ring = self.ring();
-        let status = if ring.owners.contains(&self.node_id) {
-            MemberStatus::Normal
-        } else {
-            MemberStatus::Joining
-        };
+        let status = self.own_status();
         self.with_membership(|table| {
             let version = table
                 .members

@@ -37,6 +37,30 @@ pub struct AdminService {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn decommission(
+        &self,
+        _request: Request<kv_proto::v1::DecommissionRequest>,
+    ) -> Result<Response<kv_proto::v1::MembershipCommandResponse>, Status> {
+        let message = self.node.decommission().await?;
+        Ok(Response::new(kv_proto::v1::MembershipCommandResponse { message }))
+    }
+
+    async fn remove(
+        &self,
+        request: Request<kv_proto::v1::RemoveRequest>,
+    ) -> Result<Response<kv_proto::v1::MembershipCommandResponse>, Status> {
+        let message = self.node.remove_member(&request.into_inner().node_id)?;
+        Ok(Response::new(kv_proto::v1::MembershipCommandResponse { message }))
+    }
+
+    async fn mark_down(
+        &self,
+        request: Request<kv_proto::v1::MarkDownRequest>,
+    ) -> Result<Response<kv_proto::v1::MembershipCommandResponse>, Status> {
+        let message = self.node.mark_member_down(&request.into_inner().node_id)?;
+        Ok(Response::new(kv_proto::v1::MembershipCommandResponse { message }))
+    }
+
     async fn status(
         &self,
         _request: Request<StatusRequest>,
@@ -75,6 +99,9 @@ impl Admin for AdminService {
             hints_delivered: stats.hints_delivered.load(Ordering::Relaxed),
             reap_enabled: node.config.reap == crate::config::OnOff::On,
             tombstones_purged: node.reaper.purged.load(Ordering::Relaxed),
+            transfers: Some(node.transfer_status()),
+            ring_change_waiting: node.ring_change_waiting(),
+            member_status: node.view.own_status().to_string(),
             purge_intents: node.reaper.intents.load(Ordering::Relaxed),
             aae_enabled: node.config.aae == crate::config::OnOff::On,
             aae_exchanges: stats.aae_exchanges.load(Ordering::Relaxed),
@@ -155,6 +182,18 @@ impl Admin for AdminService {
             addresses,
             encoded: ring.encode(),
             down_addresses,
+            planned_owners: ring
+                .plan
+                .as_ref()
+                .map(|plan| plan.owners.iter().copied().map(format_node_id).collect())
+                .unwrap_or_default(),
+            plan_started: ring.plan.as_ref().map(|plan| plan.started).unwrap_or(0),
+            moving_partitions: ring.moving_partitions(),
+            partitions_done: ring
+                .plan
+                .as_ref()
+                .map(|plan| plan.done.len() as u32)
+                .unwrap_or(0),
         }))
     }
 

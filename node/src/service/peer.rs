@@ -142,6 +142,20 @@ async fn within_timeout<T>(
 
 #[tonic::async_trait]
 impl Peer for PeerService {
+    async fn partition_page(
+        &self,
+        _request: Request<kv_proto::v1::PartitionPageRequest>,
+    ) -> Result<Response<kv_proto::v1::PartitionPageResponse>, Status> {
+        Err(Status::unimplemented("partition transfers are not built yet"))
+    }
+
+    async fn transfer_done(
+        &self,
+        _request: Request<kv_proto::v1::TransferDoneRequest>,
+    ) -> Result<Response<kv_proto::v1::TransferDoneResponse>, Status> {
+        Err(Status::unimplemented("partition transfers are not built yet"))
+    }
+
     async fn replica_batch(
         &self,
         request: Request<ReplicaBatchRequest>,
