@@ -586,7 +586,6 @@ impl Ring {
             plan,
         })
     }
-
 }
 
 /// Reads Q owner indexes into `nodes` and marks the ids they use.
@@ -738,7 +737,10 @@ mod tests {
                 // the preference list and continues with the stand-ins.
                 let mut walk = list.clone();
                 walk.extend(stand_ins.iter().copied());
-                assert_eq!(walk, super::walk(&ring.owners, partition as usize, nodes.len()));
+                assert_eq!(
+                    walk,
+                    super::walk(&ring.owners, partition as usize, nodes.len())
+                );
             }
         }
         let small = &rings[2];

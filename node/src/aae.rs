@@ -70,11 +70,11 @@ pub struct PeerExchanges {
 
 /// Counts of one exchange with a peer.
 #[derive(Clone, Copy, Debug, Default)]
-struct ExchangeOutcome {
-    partitions_compared: u64,
+pub(crate) struct ExchangeOutcome {
+    pub(crate) partitions_compared: u64,
     partitions_differing: u64,
     keys_differing: u64,
-    keys_repaired: u64,
+    pub(crate) keys_repaired: u64,
 }
 
 impl ExchangeOutcome {
@@ -87,13 +87,13 @@ impl ExchangeOutcome {
 }
 
 /// Spaces key repairs at least `1 / rate` apart, without bursts.
-struct RepairPacer {
+pub(crate) struct RepairPacer {
     spacing: Duration,
     next: Mutex<tokio::time::Instant>,
 }
 
 impl RepairPacer {
-    fn new(per_second: u64) -> RepairPacer {
+    pub(crate) fn new(per_second: u64) -> RepairPacer {
         RepairPacer {
             spacing: Duration::from_nanos(1_000_000_000 / per_second.max(1)),
             next: Mutex::new(tokio::time::Instant::now()),
@@ -101,7 +101,7 @@ impl RepairPacer {
     }
 
     /// Waits for the next repair slot.
-    async fn wait(&self) {
+    pub(crate) async fn wait(&self) {
         let slot = {
             let mut next = self
                 .next
@@ -189,7 +189,7 @@ impl Node {
     /// those older than `--aae-rebuild-interval-ms`, and discards the trees
     /// of partitions this node no longer replicates.
     async fn maintain_trees(&self) {
-        let (ring, lists) = self.view.ring_and_lists();
+        let (ring, lists) = self.view.ring_and_replica_sets();
         let me = self.node_id();
         let trees = self.store.trees();
         let max_age = self.config.aae_rebuild_interval();
@@ -265,7 +265,7 @@ impl Node {
 
     /// Builds one partition's tree, one scan chunk per storage job so other
     /// storage work runs in between.
-    async fn build_tree(&self, partition: u32) -> Result<BuildOutcome, String> {
+    pub(crate) async fn build_tree(&self, partition: u32) -> Result<BuildOutcome, String> {
         let mut progress = BuildProgress::default();
         loop {
             let trees = self.store.trees().clone();
@@ -288,7 +288,7 @@ impl Node {
     /// Exchanges with every peer that is up, one after the other, and logs
     /// the totals of the round.
     async fn exchange_round(self: &Arc<Self>, pacer: &RepairPacer) {
-        let (ring, lists) = self.view.ring_and_lists();
+        let (ring, lists) = self.view.ring_and_replica_sets();
         let me = self.node_id();
         let trees = self.store.trees();
         let started = Instant::now();
@@ -381,7 +381,7 @@ impl Node {
     /// Compares the trees of `shared` partitions with `peer` and repairs the
     /// keys that differ. `outcome` counts what was done, also when the
     /// exchange fails halfway.
-    async fn exchange_with(
+    pub(crate) async fn exchange_with(
         self: &Arc<Self>,
         peer: NodeId,
         shared: &[u32],
@@ -646,7 +646,7 @@ impl Node {
 
     /// Returns whether this node replicates `partition` in its ring.
     fn replicates_partition(&self, partition: u32) -> bool {
-        let (_, lists) = self.view.ring_and_lists();
+        let (_, lists) = self.view.ring_and_replica_sets();
         lists
             .get(partition as usize)
             .is_some_and(|list| list.contains(&self.node_id()))
@@ -671,7 +671,7 @@ impl Node {
         request: TreeRootsRequest,
     ) -> Result<TreeRootsResponse, Status> {
         self.check_header(request.header.as_ref())?;
-        let (_, lists) = self.view.ring_and_lists();
+        let (_, lists) = self.view.ring_and_replica_sets();
         let me = self.node_id();
         let trees = self.store.trees();
         let roots = request
@@ -763,7 +763,7 @@ impl Node {
     /// Returns the number of partitions this node replicates and the number
     /// of them with a built tree.
     pub fn aae_tree_counts(&self) -> (u32, u32) {
-        let (ring, lists) = self.view.ring_and_lists();
+        let (ring, lists) = self.view.ring_and_replica_sets();
         let trees = self.store.trees();
         let mut replicated = 0;
         let mut built = 0;

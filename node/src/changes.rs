@@ -37,7 +37,9 @@ impl Node {
         tokio::task::spawn_blocking(move || node.meta.mark_leaving())
             .await
             .map_err(|error| Status::internal(error.to_string()))?
-            .map_err(|error| Status::internal(format!("cannot record the decommission: {error}")))?;
+            .map_err(|error| {
+                Status::internal(format!("cannot record the decommission: {error}"))
+            })?;
         self.view.set_leaving();
         self.view.beat(self.generation, self.store.holds_data());
         let replicas = ring.replicas_per_node().get(&me).copied().unwrap_or(0);

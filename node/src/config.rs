@@ -114,6 +114,17 @@ pub struct Config {
     #[arg(long, default_value_t = 1000)]
     pub hint_interval_ms: u64,
 
+    /// Most keys per second this node merges while it receives partitions
+    /// during a membership change (join, decommission, remove). Lower keeps
+    /// foreground latency steadier; higher finishes the change sooner.
+    #[arg(long, default_value_t = 20_000)]
+    pub transfer_max_keys_per_second: u64,
+
+    /// Interval between checks for partitions to receive, transfers to
+    /// report and copies of partitions to delete, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub transfer_interval_ms: u64,
+
     /// Phi threshold of the failure detector: higher means slower to mark a
     /// silent peer down, with fewer false alarms.
     #[arg(long, default_value_t = 8.0)]
@@ -258,6 +269,11 @@ impl Config {
             ("message-deadline-ms", self.message_deadline_ms),
             ("gossip-interval-ms", self.gossip_interval_ms),
             ("hint-interval-ms", self.hint_interval_ms),
+            (
+                "transfer-max-keys-per-second",
+                self.transfer_max_keys_per_second,
+            ),
+            ("transfer-interval-ms", self.transfer_interval_ms),
             ("sync-interval-ms", self.sync_interval_ms),
             ("aae-interval-ms", self.aae_interval_ms),
             (
@@ -310,6 +326,10 @@ impl Config {
 
     pub fn message_deadline(&self) -> Duration {
         Duration::from_millis(self.message_deadline_ms)
+    }
+
+    pub fn transfer_interval(&self) -> Duration {
+        Duration::from_millis(self.transfer_interval_ms)
     }
 
     pub fn hint_interval(&self) -> Duration {

@@ -194,51 +194,69 @@ impl Node {
             .await?;
         let state_bytes = Arc::new(outcome.state.encode());
 
-        // Local durability and the replica writes run concurrently.
+        // Local durability and the replica writes run concurrently. While
+        // the key's partition moves, the write goes to the current and the
+        // planned list and needs W acknowledgements in each.
         let mut pending: FuturesUnordered<
             futures::future::BoxFuture<'static, (NodeId, Result<(), String>)>,
         > = FuturesUnordered::new();
         let me = self.node_id();
+        let mut targets = WriteTargets::new(self, key, list);
         let commit = self.store.commit().clone();
-        pending.push(Box::pin(async move {
-            (
-                me,
-                commit.durable().await.map_err(|error| error.to_string()),
-            )
-        }));
+        if targets.contains(me) {
+            pending.push(Box::pin(async move {
+                (
+                    me,
+                    commit.durable().await.map_err(|error| error.to_string()),
+                )
+            }));
+            targets.sent.insert(me);
+        }
         let stand_ins = if strict_quorum {
             None
         } else {
             Some(Arc::new(StandIns::new(key)))
         };
-        for replica in list.iter().copied().filter(|id| *id != me) {
-            let node = self.clone();
-            let key = key.to_vec();
-            let state_bytes = state_bytes.clone();
-            let stand_ins = stand_ins.clone();
-            pending.push(Box::pin(async move {
-                let result = node.replicate(replica, &key, state_bytes, stand_ins).await;
-                (replica, result)
-            }));
-        }
-
         let deadline = Instant::now() + self.config.request_timeout();
-        let total = pending.len();
-        let mut acks = 0usize;
+        let mut acked: Vec<NodeId> = Vec::new();
         let mut failures: BTreeMap<NodeId, String> = BTreeMap::new();
-        while acks < w {
-            let next = tokio::time::timeout_at(deadline, pending.next()).await;
-            match next {
-                Ok(Some((_, Ok(())))) => acks += 1,
-                Ok(Some((peer, Err(reason)))) => {
-                    failures.insert(peer, reason);
-                    if acks + (total - acks - failures.len()) < w {
-                        break;
-                    }
-                }
-                Ok(None) | Err(_) => break,
+        for round in 0..MAX_WRITE_ROUNDS {
+            for replica in targets.unsent() {
+                targets.sent.insert(replica);
+                let node = self.clone();
+                let key = key.to_vec();
+                let state_bytes = state_bytes.clone();
+                let stand_ins = stand_ins.clone();
+                pending.push(Box::pin(async move {
+                    let result = node.replicate(replica, &key, state_bytes, stand_ins).await;
+                    (replica, result)
+                }));
             }
+            let mut stale = false;
+            while !targets.satisfied(&acked, w) {
+                let next = tokio::time::timeout_at(deadline, pending.next()).await;
+                match next {
+                    Ok(Some((peer, Ok(())))) => acked.push(peer),
+                    Ok(Some((peer, Err(reason)))) => {
+                        stale |= is_stale_ring(&reason);
+                        failures.insert(peer, reason);
+                        if !targets.possible(&acked, &failures, w) {
+                            break;
+                        }
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            if targets.satisfied(&acked, w) || !stale || round + 1 == MAX_WRITE_ROUNDS {
+                break;
+            }
+            // A replica refused the write because this node's ring is older
+            // than its own; the refusal fetched the newer ring. Send to the
+            // nodes the newer ring adds.
+            targets = WriteTargets::new(self, key, &self.preference_list(key)).keeping(targets);
+            failures.retain(|_, reason| !is_stale_ring(reason));
         }
+        let acks = targets.counted(&acked);
 
         // Whatever is still in flight finishes in the background; a replica
         // write that fails there has already become a hint.
@@ -712,6 +730,84 @@ impl Node {
                 tracing::warn!(%error, suppressed, "repair of an unreadable record failed; the next read of the key retries it");
             }
         }
+    }
+}
+
+/// Rounds of replica writes one put sends: the first, and one more after
+/// each refusal that showed this node's ring was stale.
+const MAX_WRITE_ROUNDS: usize = 3;
+
+/// Returns whether a replica write failed because the replica has a newer
+/// ring in which it does not hold the key (see the peer service).
+fn is_stale_ring(reason: &str) -> bool {
+    reason.contains(crate::service::peer::STALE_RING)
+}
+
+/// The replicas one write must reach: the key's preference list, and while
+/// its partition moves also the planned list, with W needed in each.
+struct WriteTargets {
+    old: Vec<NodeId>,
+    new: Option<Vec<NodeId>>,
+    /// Replicas a write was sent to, in any round.
+    sent: std::collections::BTreeSet<NodeId>,
+}
+
+impl WriteTargets {
+    fn new(node: &Node, key: &[u8], list: &[NodeId]) -> WriteTargets {
+        let ring = node.view.ring();
+        let moving = ring.moving(ring.partition_for_key(key));
+        WriteTargets {
+            old: list.to_vec(),
+            new: moving.map(|moving| moving.new),
+            sent: std::collections::BTreeSet::new(),
+        }
+    }
+
+    /// Carries over the replicas already written to.
+    fn keeping(mut self, earlier: WriteTargets) -> WriteTargets {
+        self.sent = earlier.sent;
+        self
+    }
+
+    fn contains(&self, id: NodeId) -> bool {
+        self.old.contains(&id) || self.new.as_ref().is_some_and(|new| new.contains(&id))
+    }
+
+    /// Replicas of either list no write was sent to yet.
+    fn unsent(&self) -> Vec<NodeId> {
+        let mut all = self.old.clone();
+        for id in self.new.iter().flatten() {
+            if !all.contains(id) {
+                all.push(*id);
+            }
+        }
+        all.retain(|id| !self.sent.contains(id));
+        all
+    }
+
+    /// Acknowledgements that count: the smaller count of the two lists.
+    fn counted(&self, acked: &[NodeId]) -> usize {
+        let in_list = |list: &[NodeId]| acked.iter().filter(|id| list.contains(id)).count();
+        let old = in_list(&self.old);
+        match &self.new {
+            Some(new) => old.min(in_list(new)),
+            None => old,
+        }
+    }
+
+    fn satisfied(&self, acked: &[NodeId], w: usize) -> bool {
+        let in_list = |list: &[NodeId]| acked.iter().filter(|id| list.contains(id)).count();
+        in_list(&self.old) >= w && self.new.as_ref().is_none_or(|new| in_list(new) >= w)
+    }
+
+    /// Whether W can still be reached in each list with the replies not in yet.
+    fn possible(&self, acked: &[NodeId], failed: &BTreeMap<NodeId, String>, w: usize) -> bool {
+        let open = |list: &[NodeId]| {
+            list.iter()
+                .filter(|id| acked.contains(id) || !failed.contains_key(id))
+                .count()
+        };
+        open(&self.old) >= w && self.new.as_ref().is_none_or(|new| open(new) >= w)
     }
 }
 

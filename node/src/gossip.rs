@@ -244,21 +244,6 @@ impl Node {
         }
         self.check_identity(request.node_id, &request.address)?;
 
-        let already_member = ring.owners.contains(&request.node_id);
-        let holders: Vec<String> = membership
-            .members
-            .values()
-            .filter(|member| member.holds_data && member.id != request.node_id)
-            .map(|member| member.address.clone())
-            .collect();
-        let local_holds = self.store.holds_data();
-        if !already_member && (local_holds || !holders.is_empty()) {
-            return Err(identity_refusal(format!(
-                "cluster {} already holds data, and this version of ringkv cannot move partitions to a new node yet, so it accepts new nodes only while the cluster is empty; start the node on its own as a separate cluster, or add it before loading data",
-                ring.cluster_id
-            )));
-        }
-
         self.view.with_membership(|table| {
             let known = table.members.get(&request.node_id).is_some_and(|member| {
                 (member.generation, member.version) >= (request.generation, 0)
@@ -354,52 +339,107 @@ impl Node {
         up.choose(&mut rng).map(|member| member.address.clone())
     }
 
-    /// Adds joining nodes to the ring when this node is the claimant and the
-    /// ring is ready.
+    /// Runs the claimant's part of membership changes when this node is the
+    /// claimant: marks received partitions done while a plan runs, and
+    /// otherwise plans the pending joins, decommissions and removals in one
+    /// plan, only while the ring is ready. Every node records why a change
+    /// waits, for `Status`.
     async fn claimant_step(self: &Arc<Self>, waiting_logged: &mut Option<String>) {
         let membership = self.view.membership();
-        if membership.claimant() != Some(self.node_id()) {
-            return;
-        }
         let ring = self.view.ring();
+        let me = self.node_id();
+        let is_claimant = membership.claimant() == Some(me);
+        let in_ring = ring.nodes();
         let joining: Vec<NodeId> = membership
             .members
             .values()
             .filter(|member| member.status == MemberStatus::Joining)
-            .filter(|member| !ring.owners.contains(&member.id))
-            .filter(|member| {
-                !membership.removed.contains(&member.id)
-                    && !membership.marked_down.contains(&member.id)
-            })
+            .filter(|member| !in_ring.contains(&member.id))
+            .filter(|member| !membership.marked_down.contains(&member.id))
             .map(|member| member.id)
             .collect();
-        if joining.is_empty() {
-            return;
-        }
-        let names: Vec<String> = joining.iter().copied().map(format_node_id).collect();
-        let reason = if let Some(reason) = self.view.ring_not_ready_reason() {
-            Some(reason)
-        } else if self.store.holds_data()
-            || membership.members.values().any(|member| member.holds_data)
-        {
-            Some(
-                "the cluster holds data, and moving partitions to new nodes is not supported yet"
-                    .to_string(),
-            )
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            if waiting_logged.as_ref() != Some(&reason) {
-                tracing::info!(joining = ?names, %reason, "ring change waiting");
-                *waiting_logged = Some(reason);
+        let mut leaving: Vec<NodeId> = membership
+            .members
+            .values()
+            .filter(|member| member.status == MemberStatus::Leaving)
+            .map(|member| member.id)
+            .filter(|id| ring.owners.contains(id))
+            .collect();
+        leaving.extend(
+            membership
+                .removed
+                .iter()
+                .copied()
+                .filter(|id| in_ring.contains(id)),
+        );
+        let mut names: Vec<String> = joining.iter().copied().map(format_node_id).collect();
+        names.extend(leaving.iter().copied().map(format_node_id));
+
+        let waiting = if let Some(plan) = &ring.plan {
+            if is_claimant {
+                let ready = self.transfers.partitions_ready(&ring, &membership.removed);
+                if !ready.is_empty() {
+                    let next = ring.with_partitions_done(&ready, me);
+                    let left = next.moving_partitions().len();
+                    tracing::info!(
+                        done = ready.len(),
+                        still_moving = left,
+                        ring_version = next.version,
+                        "claimant marked received partitions done"
+                    );
+                    if next.plan.is_none() {
+                        tracing::info!(
+                            ring_version = next.version,
+                            nodes = next.nodes().len(),
+                            "ownership change complete"
+                        );
+                    }
+                    self.adopt_ring(next).await;
+                }
             }
-            return;
+            (!names.is_empty()).then(|| {
+                format!(
+                    "the plan started at ring version {} still moves {} partitions; the change of {} waits for it",
+                    plan.started,
+                    ring.moving_partitions().len(),
+                    names.join(", ")
+                )
+            })
+        } else if names.is_empty() {
+            None
+        } else if let Some(reason) = self.view.ring_not_ready_reason() {
+            Some(format!("ring not ready: {reason}"))
+        } else if !is_claimant {
+            None
+        } else {
+            let grown = ring.with_nodes_added(&joining, me);
+            match grown.with_nodes_removed(&leaving, me) {
+                Ok(target) => {
+                    let next = ring.with_plan(target.owners, me);
+                    let moving = next.moving_partitions().len();
+                    tracing::info!(
+                        joining = ?joining.iter().copied().map(format_node_id).collect::<Vec<_>>(),
+                        leaving = ?leaving.iter().copied().map(format_node_id).collect::<Vec<_>>(),
+                        moving,
+                        ring_version = next.version,
+                        "claimant planned a ring change"
+                    );
+                    self.adopt_ring(next).await;
+                    None
+                }
+                Err(error) => Some(error.to_string()),
+            }
+        };
+        if waiting != *waiting_logged {
+            if let Some(reason) = &waiting {
+                tracing::info!(nodes = ?names, %reason, "ring change waiting");
+            }
+            waiting_logged.clone_from(&waiting);
         }
-        *waiting_logged = None;
-        let next = ring.with_nodes_added(&joining, self.node_id());
-        tracing::info!(joining = ?names, ring_version = next.version, "claimant added nodes to the ring");
-        self.adopt_ring(next).await;
+        *self
+            .waiting_change
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = waiting;
     }
 
     /// Gossips until `shutdown` fires.

@@ -28,6 +28,12 @@ pub struct Node {
     pub hints: Arc<crate::hints::HintStore>,
     /// Tombstone reaping state.
     pub reaper: crate::reaper::Reaper,
+    /// Partitions received during a membership change.
+    pub transfers: crate::transfer::Transfers,
+    /// Why a planned ring change waits, as the claimant step last saw it.
+    pub waiting_change: std::sync::Mutex<Option<String>>,
+    /// Stops the node once it has left the cluster.
+    pub leave_signal: tokio::sync::watch::Sender<bool>,
 }
 
 impl Node {

@@ -48,6 +48,8 @@ struct Queued {
 #[derive(Default)]
 pub struct Outbox {
     queues: Mutex<HashMap<(String, bool), mpsc::UnboundedSender<Queued>>>,
+    /// Held while a refused batch fetches a peer's newer ring.
+    ring_refresh: tokio::sync::Mutex<()>,
 }
 
 impl Node {
@@ -78,6 +80,9 @@ impl Node {
             Err(_) => return Err("timed out".to_string()),
         };
         if outcome.code != 0 {
+            if outcome.message.contains(crate::service::peer::STALE_RING) {
+                self.refresh_ring_from(&address).await;
+            }
             return Err(format!(
                 "{:?}: {}",
                 tonic::Code::from_i32(outcome.code),
@@ -85,6 +90,20 @@ impl Node {
             ));
         }
         Ok(outcome)
+    }
+
+    /// Fetches the newer ring of the peer at `address` with one gossip
+    /// exchange. Refusals of one batch arrive together, so one refresh at
+    /// a time runs, and none when the ring changed meanwhile.
+    async fn refresh_ring_from(self: &Arc<Self>, address: &str) {
+        let before = self.view.ring().version;
+        let _one_at_a_time = self.outbox.ring_refresh.lock().await;
+        if self.view.ring().version != before {
+            return;
+        }
+        if let Err(status) = self.gossip_with(address).await {
+            tracing::debug!(peer = %address, reason = %status.message(), "cannot fetch the newer ring of a peer");
+        }
     }
 
     fn queue_for(self: &Arc<Self>, address: &str, writes: bool) -> mpsc::UnboundedSender<Queued> {

@@ -16,8 +16,9 @@
 //! - every member that was not removed answers, asked directly, that it
 //!   holds no hint for the key's partition (a silent member blocks it).
 //!
-//! NOTE: partitions never move yet (joins need an empty cluster), so the
-//! rule that no purge happens in a moving partition holds trivially.
+//! - no ownership change runs: while a plan moves partitions, nothing is
+//!   purged anywhere (stricter than only the moving partitions, and simple
+//!   to check).
 //!
 //! The reaper then stores a purge intent (key and digest) durably and asks
 //! every owner to delete the key if it still has that digest. It retries the
@@ -221,6 +222,12 @@ impl Node {
         }
 
         let me = self.node_id();
+        let ring = self.view.ring();
+        // No purge while any ownership change runs: a node receiving the
+        // partition, or one that held it before, could bring the value back.
+        if ring.plan.is_some() {
+            return Verdict::Wait;
+        }
         let list = self.preference_list(key);
         if list.iter().copied().find(|id| self.view.is_up(*id)) != Some(me) {
             return Verdict::Wait;

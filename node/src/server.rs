@@ -54,6 +54,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     })?;
     let config = config;
     let data_dir = config.data_dir.display().to_string();
+    if let Some(marker) = Meta::left_marker(&config.data_dir) {
+        bail!(
+            "{data_dir} belongs to a node that was decommissioned ({marker}); it must not rejoin with its old data. Wipe the directory to start this machine as a new node"
+        );
+    }
 
     // Storage and identity.
     let engine_kind = config.engine;
@@ -169,8 +174,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         warnings: crate::stats::LogLimiter::new(Duration::from_secs(10)),
         hints: Arc::new(hints),
         reaper: Default::default(),
+        transfers: Default::default(),
+        waiting_change: Default::default(),
+        leave_signal: shutdown_tx.clone(),
         config: config.clone(),
     });
+    if node.meta.is_leaving() {
+        tracing::info!("this node is being decommissioned; it goes on handing over its partitions");
+        node.view.set_leaving();
+    }
     node.view.beat(node.generation, node.store.holds_data());
 
     let ring = node.view.ring();
@@ -223,6 +235,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let handoff_task = tokio::spawn(node.clone().run_hint_delivery(shutdown_rx.clone()));
     let aae_task = tokio::spawn(node.clone().run_anti_entropy(shutdown_rx.clone()));
     let reaper_task = tokio::spawn(node.clone().run_reaper(shutdown_rx.clone()));
+    let transfer_task = tokio::spawn(node.clone().run_transfers(shutdown_rx.clone()));
 
     let served = server_task.await?;
     let _ = shutdown_tx.send(true);
@@ -231,6 +244,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = handoff_task.await;
     let _ = aae_task.await;
     let _ = reaper_task.await;
+    let _ = transfer_task.await;
     served.context("the gRPC server failed")?;
 
     // Final flush, then the clean-stop marker.

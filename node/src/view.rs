@@ -11,12 +11,26 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-/// A ring and the preference list of each of its partitions.
-type RingWithLists = (Arc<Ring>, Arc<Vec<Vec<NodeId>>>);
+/// A ring, the preference list of each of its partitions, and each
+/// partition's replica set (the list, plus the receivers while it moves).
+struct RingWithLists {
+    ring: Arc<Ring>,
+    lists: Arc<Vec<Vec<NodeId>>>,
+    sets: Arc<Vec<Vec<NodeId>>>,
+}
 
 fn with_lists(ring: Ring) -> RingWithLists {
     let lists = Arc::new(ring.preference_lists());
-    (Arc::new(ring), lists)
+    let sets = Arc::new(
+        (0..ring.partitions)
+            .map(|partition| ring.replica_set(partition))
+            .collect(),
+    );
+    RingWithLists {
+        ring: Arc::new(ring),
+        lists,
+        sets,
+    }
 }
 
 struct Liveness {
@@ -76,17 +90,18 @@ impl ClusterView {
         self.ring
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .0
+            .ring
             .clone()
     }
 
-    /// Returns the current ring and the preference list of each of its
-    /// partitions.
-    pub fn ring_and_lists(&self) -> (Arc<Ring>, Arc<Vec<Vec<NodeId>>>) {
-        self.ring
+    /// Returns the current ring and the replica set of each partition: the
+    /// nodes that hold its data, receivers of a moving partition included.
+    pub fn ring_and_replica_sets(&self) -> (Arc<Ring>, Arc<Vec<Vec<NodeId>>>) {
+        let current = self
+            .ring
             .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        (current.ring.clone(), current.sets.clone())
     }
 
     /// Preference list of a user key in the current ring.
@@ -95,9 +110,23 @@ impl ClusterView {
             .ring
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (ring, lists) = &*current;
-        lists
-            .get(ring.partition_for_key(key) as usize)
+        current
+            .lists
+            .get(current.ring.partition_for_key(key) as usize)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Replica set of a user key in the current ring: its preference list,
+    /// and the nodes receiving its partition while it moves.
+    pub fn replica_set_for_key(&self, key: &[u8]) -> Vec<NodeId> {
+        let current = self
+            .ring
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        current
+            .sets
+            .get(current.ring.partition_for_key(key) as usize)
             .cloned()
             .unwrap_or_default()
     }
@@ -109,7 +138,7 @@ impl ClusterView {
             .ring
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if ring.cluster_id != current.0.cluster_id || !ring.is_newer_than(&current.0) {
+        if ring.cluster_id != current.ring.cluster_id || !ring.is_newer_than(&current.ring) {
             return false;
         }
         *current = with_lists(ring);

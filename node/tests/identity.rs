@@ -98,33 +98,3 @@ async fn join_with_another_replica_count_is_refused() {
     .await
     .expect("test timed out");
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn join_into_cluster_with_data_is_refused() {
-    tokio::time::timeout(TEST_DEADLINE, async {
-        let cluster = TestCluster::start(1).await;
-        let client = cluster.client().await;
-        client
-            .put_with(
-                "present",
-                "data",
-                None,
-                kv_client::WriteOptions {
-                    w: Some(1),
-                    ..Default::default()
-                },
-            )
-            .await
-            .expect("put into a one-node cluster at W=1");
-
-        let mut joiner = TestNode::new(
-            cluster.root.path(),
-            "joiner",
-            vec![cluster.nodes[0].address.clone()],
-        );
-        joiner.spawn();
-        expect_refused(&mut joiner, "already holds data");
-    })
-    .await
-    .expect("test timed out");
-}

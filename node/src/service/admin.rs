@@ -42,7 +42,9 @@ impl Admin for AdminService {
         _request: Request<kv_proto::v1::DecommissionRequest>,
     ) -> Result<Response<kv_proto::v1::MembershipCommandResponse>, Status> {
         let message = self.node.decommission().await?;
-        Ok(Response::new(kv_proto::v1::MembershipCommandResponse { message }))
+        Ok(Response::new(kv_proto::v1::MembershipCommandResponse {
+            message,
+        }))
     }
 
     async fn remove(
@@ -50,7 +52,9 @@ impl Admin for AdminService {
         request: Request<kv_proto::v1::RemoveRequest>,
     ) -> Result<Response<kv_proto::v1::MembershipCommandResponse>, Status> {
         let message = self.node.remove_member(&request.into_inner().node_id)?;
-        Ok(Response::new(kv_proto::v1::MembershipCommandResponse { message }))
+        Ok(Response::new(kv_proto::v1::MembershipCommandResponse {
+            message,
+        }))
     }
 
     async fn mark_down(
@@ -58,7 +62,9 @@ impl Admin for AdminService {
         request: Request<kv_proto::v1::MarkDownRequest>,
     ) -> Result<Response<kv_proto::v1::MembershipCommandResponse>, Status> {
         let message = self.node.mark_member_down(&request.into_inner().node_id)?;
-        Ok(Response::new(kv_proto::v1::MembershipCommandResponse { message }))
+        Ok(Response::new(kv_proto::v1::MembershipCommandResponse {
+            message,
+        }))
     }
 
     async fn status(

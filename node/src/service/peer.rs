@@ -21,6 +21,10 @@ use kv_proto::FORMAT_VERSION;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
+/// Marks the refusal of a replica message from a sender whose ring is
+/// older than the receiver's, so the sender fetches the newer ring.
+pub const STALE_RING: &str = "(stale ring)";
+
 /// The `Peer` service.
 pub struct PeerService {
     pub node: Arc<Node>,
@@ -38,11 +42,11 @@ impl PeerService {
         if !self
             .node
             .view
-            .preference_list_for_key(key)
+            .replica_set_for_key(key)
             .contains(&self.node.node_id())
         {
             return Err(Status::failed_precondition(format!(
-                "node {} does not replicate this key in ring version {}; refresh the ring",
+                "node {} does not hold this key in ring version {} {STALE_RING}; the sender refreshes its ring",
                 format_node_id(self.node.node_id()),
                 ring.version
             )));
@@ -144,16 +148,29 @@ async fn within_timeout<T>(
 impl Peer for PeerService {
     async fn partition_page(
         &self,
-        _request: Request<kv_proto::v1::PartitionPageRequest>,
+        request: Request<kv_proto::v1::PartitionPageRequest>,
     ) -> Result<Response<kv_proto::v1::PartitionPageResponse>, Status> {
-        Err(Status::unimplemented("partition transfers are not built yet"))
+        let page = self.node.serve_partition_page(request.into_inner()).await?;
+        Ok(Response::new(page))
     }
 
     async fn transfer_done(
         &self,
-        _request: Request<kv_proto::v1::TransferDoneRequest>,
+        request: Request<kv_proto::v1::TransferDoneRequest>,
     ) -> Result<Response<kv_proto::v1::TransferDoneResponse>, Status> {
-        Err(Status::unimplemented("partition transfers are not built yet"))
+        let request = request.into_inner();
+        self.node.check_header(request.header.as_ref())?;
+        let sender = request
+            .header
+            .as_ref()
+            .map(|header| header.sender)
+            .unwrap_or(0);
+        self.node
+            .transfers
+            .record_report(request.plan_started, sender, &request.partitions);
+        Ok(Response::new(kv_proto::v1::TransferDoneResponse {
+            format_version: FORMAT_VERSION,
+        }))
     }
 
     async fn replica_batch(
