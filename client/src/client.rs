@@ -34,8 +34,9 @@ use kv_cluster::{format_node_id, parse_node_id};
 use kv_proto::v1::admin_client::AdminClient;
 use kv_proto::v1::kv_client::KvClient;
 use kv_proto::v1::{
-    AdminReplicaReadRequest, DeleteRequest, GetRequest, MembersRequest, MembersResponse,
-    PingRequest, PutRequest, RingRequest, StatusRequest, StatusResponse,
+    AdminReplicaReadRequest, DecommissionRequest, DeleteRequest, GetRequest, MarkDownRequest,
+    MembersRequest, MembersResponse, PingRequest, PutRequest, RemoveRequest, RingRequest,
+    StatusRequest, StatusResponse,
 };
 use tokio::sync::Notify;
 use tonic::transport::{Channel, Endpoint};
@@ -402,6 +403,120 @@ impl Client {
         })
     }
 
+    // ---------------------------------------------------------------------
+    // Membership changes. Each returns the node's message for the operator.
+
+    /// Asks the node at `address` to decommission itself: the claimant
+    /// plans its partitions onto the other nodes, which copy the data from
+    /// it, and the node leaves once they hold it.
+    pub async fn decommission(&self, address: &str) -> Result<String, Error> {
+        let reply = self
+            .call_at(address, |this, channel| {
+                let mut admin = this.admin_client(channel);
+                let request = this.request(DecommissionRequest {});
+                async move { admin.decommission(request).await }
+            })
+            .await?;
+        Ok(reply.message)
+    }
+
+    /// Removes the node `node_id` (hex digits, as `members` shows it) for
+    /// good. The node must be down. The remaining nodes rebuild its
+    /// partitions from the surviving replicas.
+    ///
+    /// The request goes to any reachable node other than `node_id`, because
+    /// a node rejects its own removal. The node's address is known only when
+    /// the cached ring lists it.
+    pub async fn remove_node(&self, node_id: &str) -> Result<String, Error> {
+        let candidates = self.candidates_except(node_id)?;
+        let message = RemoveRequest {
+            node_id: node_id.trim().to_string(),
+        };
+        let reply = self
+            .call_in_turn(candidates, Idempotent::Yes, |this, channel| {
+                let mut admin = this.admin_client(channel);
+                let request = this.request(message.clone());
+                async move { admin.remove(request).await }
+            })
+            .await?;
+        Ok(reply.message)
+    }
+
+    /// Sends the removal of `node_id` to the node at `address`; see
+    /// [`Client::remove_node`].
+    pub async fn remove_node_at(&self, address: &str, node_id: &str) -> Result<String, Error> {
+        let message = RemoveRequest {
+            node_id: node_id.trim().to_string(),
+        };
+        let reply = self
+            .call_at(address, |this, channel| {
+                let mut admin = this.admin_client(channel);
+                let request = this.request(message);
+                async move { admin.remove(request).await }
+            })
+            .await?;
+        Ok(reply.message)
+    }
+
+    /// Declares the node `node_id` down, so ring changes stop waiting for
+    /// it. The receiving node's failure detector must report the node
+    /// down. No data moves: the node keeps its partitions.
+    ///
+    /// Routed like [`Client::remove_node`].
+    pub async fn mark_down(&self, node_id: &str) -> Result<String, Error> {
+        let candidates = self.candidates_except(node_id)?;
+        let message = MarkDownRequest {
+            node_id: node_id.trim().to_string(),
+        };
+        let reply = self
+            .call_in_turn(candidates, Idempotent::Yes, |this, channel| {
+                let mut admin = this.admin_client(channel);
+                let request = this.request(message.clone());
+                async move { admin.mark_down(request).await }
+            })
+            .await?;
+        Ok(reply.message)
+    }
+
+    /// Sends the mark-down of `node_id` to the node at `address`; see
+    /// [`Client::mark_down`].
+    pub async fn mark_down_at(&self, address: &str, node_id: &str) -> Result<String, Error> {
+        let message = MarkDownRequest {
+            node_id: node_id.trim().to_string(),
+        };
+        let reply = self
+            .call_at(address, |this, channel| {
+                let mut admin = this.admin_client(channel);
+                let request = this.request(message);
+                async move { admin.mark_down(request).await }
+            })
+            .await?;
+        Ok(reply.message)
+    }
+
+    /// Returns the candidates of a request without key, minus the address
+    /// that the cached ring gives for `node_id`. Fails with
+    /// [`Error::InvalidArgument`] when that address is the only candidate.
+    fn candidates_except(&self, node_id: &str) -> Result<Vec<String>, Error> {
+        let excluded = parse_node_id(node_id.trim()).and_then(|id| {
+            self.cached_ring()
+                .and_then(|snapshot| snapshot.address_of(id).map(str::to_string))
+        });
+        let mut candidates = self.candidates(None);
+        if let Some(excluded) = excluded {
+            candidates.retain(|address| *address != excluded);
+            if candidates.is_empty() {
+                return Err(Error::InvalidArgument {
+                    message: format!(
+                        "node {} ({excluded}) is the only node this client knows, and a node rejects a change of its own membership; pass another node's address as endpoint",
+                        node_id.trim()
+                    ),
+                });
+            }
+        }
+        Ok(candidates)
+    }
+
     /// Maps a node id or address to an address.
     async fn resolve_node(&self, node: &str) -> Result<String, Error> {
         let node = node.trim();
@@ -570,12 +685,19 @@ impl Client {
         &self,
         key: Option<&[u8]>,
         idempotent: Idempotent,
-        mut op: F,
+        op: F,
     ) -> Result<T, Error>
     where
         F: FnMut(&Client, Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        let candidates = self.candidates(key);
+        self.call_in_turn(candidates, idempotent, op).await
+    }
+
+    /// Orders the addresses a request for `key` is tried at: the routing
+    /// order, with the nodes reported down moved to the end.
+    fn candidates(&self, key: Option<&[u8]>) -> Vec<String> {
         let snapshot = self.cached_ring();
         let start = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
         let mut candidates = routing::candidates(
@@ -595,7 +717,21 @@ impl Client {
             // among those reported down.
             candidates.sort_by_key(|address| down.contains(address));
         }
+        candidates
+    }
 
+    /// Runs `op` at `candidates` in turn until one node handles it, with
+    /// the failover rule of [`Client::call_routed`].
+    async fn call_in_turn<T, F, Fut>(
+        &self,
+        candidates: Vec<String>,
+        idempotent: Idempotent,
+        mut op: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut(&Client, Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let mut tried = Vec::with_capacity(candidates.len());
         for address in candidates {
             let channel = match self.channel(&address) {

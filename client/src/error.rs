@@ -22,8 +22,8 @@ pub const QUORUM_ERROR: &str = "quorum";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The request is invalid: key or value size, a context that belongs to
-    /// another key or does not decode, R or W outside 1..=N. Not retryable:
-    /// fix the request. The message is shown as is: the node's messages
+    /// another key or does not decode, R or W outside 1..=N, or a node id
+    /// that is not a member (`NOT_FOUND`). Not retryable: fix the request. The message is shown as is: the node's messages
     /// already start with what is invalid ("invalid W=5: ..."), so a prefix
     /// would repeat it.
     #[error("{message}")]
@@ -113,7 +113,11 @@ impl Error {
     pub fn from_status(status: &Status, address: &str, timeout: Duration) -> Error {
         let message = status.message().to_string();
         match status.code() {
-            Code::InvalidArgument | Code::OutOfRange => Error::InvalidArgument { message },
+            // Only membership commands return NOT_FOUND, for a node id the
+            // cluster does not know; a missing key is an empty read instead.
+            Code::InvalidArgument | Code::OutOfRange | Code::NotFound => {
+                Error::InvalidArgument { message }
+            }
             Code::Unavailable if is_quorum_failure(status) => Error::QuorumFailed { message },
             Code::Unavailable => Error::Unavailable {
                 address: address.to_string(),
@@ -202,6 +206,7 @@ mod tests {
         // (status code, expected variant name, expected is_retryable)
         let cases = [
             (Code::InvalidArgument, "InvalidArgument", false),
+            (Code::NotFound, "InvalidArgument", false),
             (Code::FailedPrecondition, "FailedPrecondition", false),
             (Code::DeadlineExceeded, "DeadlineExceeded", true),
             (Code::Cancelled, "DeadlineExceeded", true),
