@@ -1,7 +1,7 @@
 //! kv-cli: command-line client of ringkv.
 //!
-//! Reads, writes and deletes keys, bulk-loads files, and shows the cluster's
-//! members, ring and node status. Exit codes are listed in
+//! Reads, writes and deletes keys, bulk-loads files, shows the cluster's
+//! members, ring and node status, and changes the membership. Exit codes are listed in
 //! [`args::EXIT_CODES_HELP`] and mapped from errors by [`exit_code`].
 
 // The binary's modules live in `kv-cli/`, next to this crate root.
@@ -11,8 +11,12 @@ mod args;
 mod commands;
 #[path = "kv-cli/import.rs"]
 mod import;
+#[path = "kv-cli/membership.rs"]
+mod membership;
 #[path = "kv-cli/output.rs"]
 mod output;
+#[path = "kv-cli/ring.rs"]
+mod ring;
 #[path = "kv-cli/wait.rs"]
 mod wait;
 
@@ -41,6 +45,8 @@ pub enum CliError {
     WaitTimedOut { seconds: u64, reason: String },
     #[error("{node} is not a member of the cluster; members: {}", members.join(", "))]
     NotMember { node: String, members: Vec<String> },
+    #[error("no member other than {node} is up to take the command; members: {}. Start another node or wait until one is up", members.join(", "))]
+    NoOtherMemberUp { node: String, members: Vec<String> },
 }
 
 /// Maps an error to the exit code documented in `--help`.
@@ -50,7 +56,7 @@ fn exit_code(error: &anyhow::Error) -> u8 {
             CliError::KeyNotFound { .. } => 3,
             CliError::InvalidContext(_) | CliError::NotMember { .. } => 5,
             CliError::Usage { .. } => 2,
-            CliError::WaitTimedOut { .. } => 4,
+            CliError::WaitTimedOut { .. } | CliError::NoOtherMemberUp { .. } => 4,
             CliError::Siblings { .. } | CliError::ImportFailed { .. } => 1,
         };
     }
@@ -86,9 +92,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete(args) => commands::delete(&client, args, cli.json).await,
         Command::Import(args) => import::run(&client, args, cli.json).await,
         Command::Members(args) => commands::members(&client, args, &cli.endpoints, cli.json).await,
-        Command::Ring(args) => commands::ring(&client, args, cli.json).await,
+        Command::Ring(args) => ring::ring(&client, args, cli.json).await,
         Command::Status(args) => commands::status(&client, args, &cli.endpoints, cli.json).await,
         Command::Wait(args) => wait::run(&client, args, &cli.endpoints).await,
+        Command::Decommission(args) => membership::decommission(&client, args, cli.json).await,
+        Command::Remove(args) => membership::remove(&client, args, &cli.endpoints, cli.json).await,
+        Command::MarkDown(args) => {
+            membership::mark_down(&client, args, &cli.endpoints, cli.json).await
+        }
     }
 }
 
@@ -203,6 +214,14 @@ mod tests {
                 }
                 .into(),
                 2,
+            ),
+            (
+                CliError::NoOtherMemberUp {
+                    node: "00000000000000a1".into(),
+                    members: vec!["00000000000000a1 (127.0.0.1:7401)".into()],
+                }
+                .into(),
+                4,
             ),
             (anyhow::anyhow!("cannot read file"), 1),
         ];

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use kv_client::{format_node_id, parse_node_id, NodeId};
 
 /// Exit codes, shown after `--help`.
 pub const EXIT_CODES_HELP: &str = "\
@@ -16,8 +17,8 @@ Exit codes:
   2  usage error (invalid command line)
   3  key not found (get of a missing or deleted key)
   4  node unavailable, quorum not reached or timed out: a retry may help
-  5  invalid argument, failed precondition, or a --replica that is not a
-     member of the cluster: fix the request
+  5  invalid argument, failed precondition, or a --replica or NODE that is
+     not a member of the cluster: fix the request
 
 Values that are not valid UTF-8 are printed with \\xNN escapes; --json adds
 their exact bytes as base64 (values_base64). Contexts are URL-safe base64
@@ -71,6 +72,32 @@ pub enum Command {
     /// Wait until every endpoint lists the given number of members as
     /// normal and up, on one ring version (for scripts).
     Wait(WaitArgs),
+    /// Hand a live node's partitions to the other nodes and let it leave.
+    ///
+    /// The request goes to the node itself. The claimant plans the node's
+    /// partitions onto the other nodes, which copy the data from it while
+    /// it keeps serving. The node process exits once they hold its data.
+    /// Follow the plan with `kv-cli ring` and the copies with
+    /// `kv-cli status --node ADDR` on the receiving nodes.
+    Decommission(DecommissionArgs),
+    /// Remove a node that is dead for good; the others rebuild its data.
+    ///
+    /// The node must be down. The request goes to another member that is
+    /// up, those in --endpoints first. The claimant plans the node's
+    /// partitions onto the remaining nodes, which rebuild them from the
+    /// surviving replicas. A removed node can never rejoin with its data
+    /// directory. Follow the plan with `kv-cli ring` and the copies with
+    /// `kv-cli status --node ADDR`.
+    Remove(RemoveArgs),
+    /// Declare a dead node down, so ring changes stop waiting for it.
+    ///
+    /// The receiving node's failure detector must report the node down.
+    /// The request goes to another member that is up, those in --endpoints
+    /// first. No data moves: the node keeps its partitions. Use
+    /// `kv-cli remove` if it is gone for good. `kv-cli members` shows the
+    /// node as marked-down, and `kv-cli status` whether a ring change still
+    /// waits.
+    MarkDown(MarkDownArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -194,6 +221,48 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct DecommissionArgs {
+    /// Node to decommission: its id (16 hex digits, as `kv-cli members`
+    /// shows it) or its address (host:port).
+    #[arg(value_name = "NODE", value_parser = parse_node_ref)]
+    pub node: NodeRef,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RemoveArgs {
+    /// Node to remove: its id (16 hex digits, as `kv-cli members` shows
+    /// it) or its address (host:port).
+    #[arg(value_name = "NODE", value_parser = parse_node_ref)]
+    pub node: NodeRef,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MarkDownArgs {
+    /// Node to mark down: its id (16 hex digits, as `kv-cli members` shows
+    /// it) or its address (host:port).
+    #[arg(value_name = "NODE", value_parser = parse_node_ref)]
+    pub node: NodeRef,
+}
+
+/// A node named on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeRef {
+    /// Node id, as `kv-cli members` shows it.
+    Id(NodeId),
+    /// Address the node listens on, `host:port`.
+    Address(String),
+}
+
+impl std::fmt::Display for NodeRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeRef::Id(id) => f.write_str(&format_node_id(*id)),
+            NodeRef::Address(address) => f.write_str(address),
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
 pub struct WaitArgs {
     /// Members that must be normal and up.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -271,6 +340,26 @@ fn parse_endpoint(text: &str) -> Result<String, String> {
             "endpoint {endpoint:?} has an invalid port {port:?}; {expected} (port 1 to 65535)"
         )),
     }
+}
+
+/// Parses a node given as an id (hex digits, as `kv-cli members` shows
+/// it) or as an address (`host:port`, without a scheme because member
+/// addresses have none). A text with a colon is an address.
+fn parse_node_ref(text: &str) -> Result<NodeRef, String> {
+    let node = text.trim();
+    if node.contains(':') {
+        if node.contains("://") {
+            return Err(format!(
+                "node address {node:?} has a scheme; pass host:port as `kv-cli members` shows it"
+            ));
+        }
+        return parse_endpoint(node).map(NodeRef::Address);
+    }
+    parse_node_id(node).map(NodeRef::Id).ok_or_else(|| {
+        format!(
+            "{node:?} is neither a node id (16 hex digits, as `kv-cli members` shows it) nor an address (host:port)"
+        )
+    })
 }
 
 #[cfg(test)]
@@ -465,6 +554,74 @@ mod tests {
             }
             other => panic!("expected import, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn decommission_parses_id_and_address() {
+        let cli = parse(&["decommission", "00000000000000ab"]).expect("valid id");
+        match cli.command {
+            Command::Decommission(args) => assert_eq!(args.node, NodeRef::Id(0xab)),
+            other => panic!("expected decommission, got {other:?}"),
+        }
+        let cli = parse(&["decommission", "127.0.0.1:7802"]).expect("valid address");
+        match cli.command {
+            Command::Decommission(args) => {
+                assert_eq!(args.node, NodeRef::Address("127.0.0.1:7802".into()))
+            }
+            other => panic!("expected decommission, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn remove_and_mark_down_parse_node() {
+        let cli = parse(&["remove", " 0x1F "]).expect("valid id");
+        match cli.command {
+            Command::Remove(args) => assert_eq!(args.node, NodeRef::Id(0x1f)),
+            other => panic!("expected remove, got {other:?}"),
+        }
+        let cli = parse(&["mark-down", "db.example:7403", "--json"]).expect("valid address");
+        assert!(cli.json);
+        match cli.command {
+            Command::MarkDown(args) => {
+                assert_eq!(args.node, NodeRef::Address("db.example:7403".into()))
+            }
+            other => panic!("expected mark-down, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn membership_commands_need_node() {
+        for command in ["decommission", "remove", "mark-down"] {
+            let error = parse(&[command]).expect_err("NODE is required");
+            assert_eq!(error.exit_code(), 2, "{command}");
+        }
+    }
+
+    #[test]
+    fn invalid_node_is_usage_error() {
+        for (value, expected) in [
+            ("node-7", "neither a node id"),
+            ("00000000000000001", "neither a node id"),
+            ("", "neither a node id"),
+            ("host:0", "invalid port"),
+            ("http://127.0.0.1:7401", "has a scheme"),
+        ] {
+            for command in ["decommission", "remove", "mark-down"] {
+                let error = parse(&[command, value]).expect_err(value);
+                assert_eq!(error.exit_code(), 2, "{command} {value:?}");
+                let text = error.to_string();
+                assert!(text.contains(expected), "{command} {value:?}: {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn node_ref_displays_as_given() {
+        assert_eq!(NodeRef::Id(0xab).to_string(), "00000000000000ab");
+        assert_eq!(
+            NodeRef::Address("127.0.0.1:7401".into()).to_string(),
+            "127.0.0.1:7401"
+        );
     }
 
     #[test]

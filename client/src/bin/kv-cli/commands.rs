@@ -1,16 +1,15 @@
-//! The subcommands of kv-cli other than `import` and `wait`.
+//! The key-value subcommands and `members` and `status`.
 
 use std::io::{IsTerminal, Read, Write};
 
 use anyhow::Context as _;
-use kv_client::proto::{MemberInfo, MembersResponse, StatusResponse};
+use kv_client::proto::{MemberInfo, MembersResponse, StatusResponse, TransferStatus};
 use kv_client::{
-    format_node_id, parse_node_id, Client, Context, DeleteOptions, ReadOptions, ReplicaRead,
-    WriteOptions,
+    parse_node_id, Client, Context, DeleteOptions, ReadOptions, ReplicaRead, WriteOptions,
 };
 use serde_json::json;
 
-use crate::args::{DeleteArgs, GetArgs, MembersArgs, PutArgs, RingArgs, StatusArgs};
+use crate::args::{DeleteArgs, GetArgs, MembersArgs, PutArgs, StatusArgs};
 use crate::output::{display_value, print_table, values_json};
 use crate::CliError;
 
@@ -106,7 +105,7 @@ pub fn is_member(members: &[MemberInfo], node: &str) -> bool {
 }
 
 /// Formats members as "id (address)" for messages.
-fn describe_members(members: &[MemberInfo]) -> Vec<String> {
+pub fn describe_members(members: &[MemberInfo]) -> Vec<String> {
     members
         .iter()
         .map(|member| format!("{} ({})", member.node_id, member.address))
@@ -380,85 +379,6 @@ pub async fn members(
     Ok(())
 }
 
-pub async fn ring(client: &Client, args: &RingArgs, json: bool) -> anyhow::Result<()> {
-    let snapshot = client.ring().await?;
-    let ring = &snapshot.ring;
-    let owned = ring.partitions_per_node();
-    let replicas = ring.replicas_per_node();
-    let address = |node| snapshot.address_of(node).unwrap_or("?").to_string();
-    let preference_lists: Vec<Vec<u64>> = if args.partitions {
-        (0..ring.partitions)
-            .map(|p| ring.preference_list(p))
-            .collect()
-    } else {
-        Vec::new()
-    };
-
-    if json {
-        let nodes: Vec<_> = ring
-            .nodes()
-            .into_iter()
-            .map(|node| {
-                json!({
-                    "node_id": format_node_id(node),
-                    "address": address(node),
-                    "partitions_owned": owned.get(&node).copied().unwrap_or(0),
-                    "partition_replicas": replicas.get(&node).copied().unwrap_or(0),
-                })
-            })
-            .collect();
-        let mut document = json!({
-            "cluster_id": ring.cluster_id,
-            "version": ring.version,
-            "claimant": format_node_id(ring.claimant),
-            "partitions": ring.partitions,
-            "n": ring.replicas,
-            "nodes": nodes,
-        });
-        if args.partitions {
-            let lists: Vec<Vec<String>> = preference_lists
-                .iter()
-                .map(|list| list.iter().map(|node| format_node_id(*node)).collect())
-                .collect();
-            document["preference_lists"] = json!(lists);
-        }
-        println!("{document}");
-        return Ok(());
-    }
-
-    println!("cluster: {}", ring.cluster_id);
-    println!("version: {}", ring.version);
-    println!("claimant: {}", format_node_id(ring.claimant));
-    println!("partitions (Q): {}", ring.partitions);
-    println!("replicas (N): {}", ring.replicas);
-    let rows: Vec<Vec<String>> = ring
-        .nodes()
-        .into_iter()
-        .map(|node| {
-            vec![
-                format_node_id(node),
-                address(node),
-                owned.get(&node).copied().unwrap_or(0).to_string(),
-                replicas.get(&node).copied().unwrap_or(0).to_string(),
-            ]
-        })
-        .collect();
-    print_table(&["NODE ID", "ADDRESS", "OWNED", "REPLICAS"], &rows);
-    if args.partitions {
-        println!();
-        let rows: Vec<Vec<String>> = preference_lists
-            .iter()
-            .enumerate()
-            .map(|(partition, list)| {
-                let nodes: Vec<String> = list.iter().map(|node| format_node_id(*node)).collect();
-                vec![partition.to_string(), nodes.join(" ")]
-            })
-            .collect();
-        print_table(&["PARTITION", "PREFERENCE LIST"], &rows);
-    }
-    Ok(())
-}
-
 fn status_json(status: &StatusResponse) -> serde_json::Value {
     let mut document = json!({
         "node_id": status.node_id,
@@ -501,7 +421,82 @@ fn status_json(status: &StatusResponse) -> serde_json::Value {
             .collect::<Vec<_>>(),
     });
     add_aae_json(&mut document, status);
+    add_membership_json(&mut document, status);
     document
+}
+
+/// Adds this node's member status, the reason a ring change waits and the
+/// progress of the partitions it receives to its JSON document.
+fn add_membership_json(document: &mut serde_json::Value, status: &StatusResponse) {
+    let transfers = transfer_status(status);
+    document["member_status"] = json!(status.member_status);
+    document["ring_change_waiting"] = json!(status.ring_change_waiting);
+    document["transfers"] = json!({
+        "plan_started": transfers.plan_started,
+        "partitions_to_receive": transfers.partitions_to_receive,
+        "partitions_received": transfers.partitions_received,
+        "current_partition": (transfers.current_partition >= 0).then_some(transfers.current_partition),
+        "keys_received": transfers.keys_received,
+        "bytes_received": transfers.bytes_received,
+        "keys_per_second": transfers.keys_per_second,
+        "bytes_per_second": transfers.bytes_per_second,
+        "waiting": transfers.waiting,
+    });
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Returns the transfer progress of a status, or an idle one when the node
+/// sent none (a node built before transfers existed).
+fn transfer_status(status: &StatusResponse) -> TransferStatus {
+    status.transfers.clone().unwrap_or(TransferStatus {
+        current_partition: -1,
+        ..TransferStatus::default()
+    })
+}
+
+/// Renders the partitions a node receives in the running plan, as a block
+/// of lines. Empty when no plan runs and nothing was received since the
+/// node started.
+fn transfer_lines(status: &StatusResponse) -> Vec<String> {
+    let transfers = transfer_status(status);
+    let received_any = transfers.keys_received > 0 || transfers.partitions_received > 0;
+    if transfers.plan_started == 0 && !received_any {
+        return Vec::new();
+    }
+    let mut lines = Vec::new();
+    if transfers.plan_started == 0 {
+        lines.push("transfers (no plan running):".to_string());
+    } else {
+        let current = if transfers.current_partition >= 0 {
+            format!("receiving partition {}", transfers.current_partition)
+        } else {
+            "no partition being received".to_string()
+        };
+        lines.push(format!(
+            "transfers (plan started at version {}):",
+            transfers.plan_started
+        ));
+        lines.push(format!(
+            "  partitions: {} of {} received, {current}",
+            transfers.partitions_received, transfers.partitions_to_receive
+        ));
+    }
+    lines.push(format!(
+        "  received since start: {} keys, {} bytes ({:.1} MiB)",
+        transfers.keys_received,
+        transfers.bytes_received,
+        transfers.bytes_received as f64 / MIB
+    ));
+    lines.push(format!(
+        "  rate of the last transfer: {:.0} keys/s, {:.2} MiB/s",
+        transfers.keys_per_second,
+        transfers.bytes_per_second / MIB
+    ));
+    if !transfers.waiting.is_empty() {
+        lines.push(format!("  waiting: {}", transfers.waiting));
+    }
+    lines
 }
 
 /// Adds the anti-entropy fields of a status to its JSON document.
@@ -638,8 +633,14 @@ pub fn status_lines(status: &StatusResponse) -> Vec<String> {
             status.ring_not_ready_reason
         )
     };
+    let member_status = if status.member_status.is_empty() {
+        "unknown"
+    } else {
+        status.member_status.as_str()
+    };
     let mut lines = vec![
         format!("node: {} ({})", status.node_id, status.address),
+        format!("member status: {member_status}"),
         format!(
             "version: {}, up {} s",
             status.version, status.uptime_seconds
@@ -673,6 +674,13 @@ pub fn status_lines(status: &StatusResponse) -> Vec<String> {
         hint_line(status),
         reap_line(status),
     ];
+    if !status.ring_change_waiting.is_empty() {
+        lines.push(format!(
+            "ring change waiting: {}",
+            status.ring_change_waiting
+        ));
+    }
+    lines.extend(transfer_lines(status));
     lines.extend(aae_lines(status));
     lines
 }
@@ -819,6 +827,128 @@ mod tests {
         let lines = status_lines(&StatusResponse::default());
         let expected = "hinted handoff: no hints held, 0 delivered since start";
         assert!(lines.contains(&expected.to_string()), "{lines:?}");
+    }
+
+    #[test]
+    fn status_lines_show_member_status() {
+        let status = StatusResponse {
+            member_status: "leaving".into(),
+            ..StatusResponse::default()
+        };
+        let lines = status_lines(&status);
+        assert!(
+            lines.contains(&"member status: leaving".to_string()),
+            "{lines:?}"
+        );
+        let lines = status_lines(&StatusResponse::default());
+        assert!(
+            lines.contains(&"member status: unknown".to_string()),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn status_lines_hide_idle_transfers() {
+        let lines = status_lines(&StatusResponse::default());
+        assert!(
+            lines.iter().all(|line| !line.starts_with("transfers")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .all(|line| !line.starts_with("ring change waiting")),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn status_lines_show_running_transfer() {
+        let status = StatusResponse {
+            ring_change_waiting: "node 00000000000000c3 is down".into(),
+            transfers: Some(TransferStatus {
+                plan_started: 12,
+                partitions_to_receive: 40,
+                partitions_received: 15,
+                current_partition: 77,
+                keys_received: 120_000,
+                bytes_received: 3 * 1024 * 1024 / 2,
+                keys_per_second: 2500.4,
+                bytes_per_second: 2.0 * 1024.0 * 1024.0,
+                waiting: "throttled".into(),
+            }),
+            ..StatusResponse::default()
+        };
+        let lines = status_lines(&status);
+        for expected in [
+            "ring change waiting: node 00000000000000c3 is down",
+            "transfers (plan started at version 12):",
+            "  partitions: 15 of 40 received, receiving partition 77",
+            "  received since start: 120000 keys, 1572864 bytes (1.5 MiB)",
+            "  rate of the last transfer: 2500 keys/s, 2.00 MiB/s",
+            "  waiting: throttled",
+        ] {
+            assert!(
+                lines.contains(&expected.to_string()),
+                "{expected}: {lines:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn status_lines_show_finished_transfer() {
+        let status = StatusResponse {
+            transfers: Some(TransferStatus {
+                partitions_received: 3,
+                partitions_to_receive: 3,
+                current_partition: -1,
+                keys_received: 10,
+                ..TransferStatus::default()
+            }),
+            ..StatusResponse::default()
+        };
+        let lines = status_lines(&status);
+        for expected in [
+            "transfers (no plan running):",
+            "  received since start: 10 keys, 0 bytes (0.0 MiB)",
+        ] {
+            assert!(
+                lines.contains(&expected.to_string()),
+                "{expected}: {lines:?}"
+            );
+        }
+        assert!(
+            lines.iter().all(|line| !line.starts_with("  partitions")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().all(|line| !line.starts_with("  waiting")),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn status_json_has_transfers() {
+        let status = StatusResponse {
+            member_status: "joining".into(),
+            transfers: Some(TransferStatus {
+                plan_started: 4,
+                current_partition: -1,
+                keys_received: 9,
+                ..TransferStatus::default()
+            }),
+            ..StatusResponse::default()
+        };
+        let document = status_json(&status);
+        assert_eq!(document["member_status"], "joining");
+        assert_eq!(document["ring_change_waiting"], "");
+        assert_eq!(document["transfers"]["plan_started"], 4);
+        assert_eq!(document["transfers"]["keys_received"], 9);
+        assert!(document["transfers"]["current_partition"].is_null());
+
+        let document = status_json(&StatusResponse::default());
+        assert_eq!(document["transfers"]["partitions_received"], 0);
+        assert!(document["transfers"]["current_partition"].is_null());
     }
 
     #[test]
