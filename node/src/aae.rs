@@ -86,7 +86,10 @@ impl ExchangeOutcome {
     }
 }
 
-/// Spaces key repairs at least `1 / rate` apart, without bursts.
+/// Spaces key repairs (or transferred keys) `1 / rate` apart on average.
+/// It sleeps only once the schedule runs a millisecond or more ahead of the
+/// clock, because the timer cannot sleep for less, so bursts stay below a
+/// millisecond's worth of keys.
 pub(crate) struct RepairPacer {
     spacing: Duration,
     next: Mutex<tokio::time::Instant>,
@@ -102,16 +105,23 @@ impl RepairPacer {
 
     /// Waits for the next repair slot.
     pub(crate) async fn wait(&self) {
+        self.wait_for(1).await;
+    }
+
+    /// Waits until `count` more slots are free.
+    pub(crate) async fn wait_for(&self, count: u32) {
         let slot = {
             let mut next = self
                 .next
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             let slot = (*next).max(tokio::time::Instant::now());
-            *next = slot + self.spacing;
+            *next = slot + self.spacing * count;
             slot
         };
-        tokio::time::sleep_until(slot).await;
+        if slot >= tokio::time::Instant::now() + Duration::from_millis(1) {
+            tokio::time::sleep_until(slot).await;
+        }
     }
 }
 

@@ -344,7 +344,11 @@ impl Node {
     /// otherwise plans the pending joins, decommissions and removals in one
     /// plan, only while the ring is ready. Every node records why a change
     /// waits, for `Status`.
-    async fn claimant_step(self: &Arc<Self>, waiting_logged: &mut Option<String>) {
+    async fn claimant_step(
+        self: &Arc<Self>,
+        waiting_logged: &mut Option<String>,
+        settled: &mut Vec<String>,
+    ) {
         let membership = self.view.membership();
         let ring = self.view.ring();
         let me = self.node_id();
@@ -411,6 +415,11 @@ impl Node {
             Some(format!("ring not ready: {reason}"))
         } else if !is_claimant {
             None
+        } else if *settled != names {
+            // Nodes that join or leave within one gossip interval of each
+            // other go into one plan.
+            settled.clone_from(&names);
+            None
         } else {
             let grown = ring.with_nodes_added(&joining, me);
             match grown.with_nodes_removed(&leaving, me) {
@@ -447,6 +456,7 @@ impl Node {
         let interval = Duration::from_millis(self.config.gossip_interval_ms);
         let mut down = BTreeSet::new();
         let mut waiting_logged = None;
+        let mut settled = Vec::new();
         loop {
             self.view.beat(self.generation, self.store.holds_data());
             if let Some(address) = self.pick_gossip_target() {
@@ -467,7 +477,7 @@ impl Node {
             }
             self.view.observe_heartbeats();
             self.view.note_down_transitions(&mut down);
-            self.claimant_step(&mut waiting_logged).await;
+            self.claimant_step(&mut waiting_logged, &mut settled).await;
 
             // Jitter keeps nodes from gossiping in lockstep.
             let jitter = rand::random::<f64>() * 0.2 + 0.9;

@@ -205,32 +205,40 @@ impl Node {
                     .is_some_and(|moving| moving.receivers().contains(&me))
             })
             .collect();
+        // Copies run one partition at a time; the comparisons with the
+        // other old replicas then run per replica for every copied
+        // partition at once, which saves most of their round trips.
+        let mut sources_of: BTreeMap<u32, Vec<NodeId>> = BTreeMap::new();
         for partition in pending.iter().copied() {
             if self.transfers.state().received.contains(&partition) {
                 continue;
             }
-            if self.view.ring().version != ring.version && self.view.ring().plan.is_none() {
+            if self.view.ring().plan.as_ref().map(|plan| plan.started) != Some(plan.started) {
                 break;
             }
             self.transfers.state().current = Some(partition);
-            match self.receive_partition(&ring, partition, pacer).await {
-                Ok(()) => {
-                    let mut state = self.transfers.state();
-                    state.received.insert(partition);
-                    state.waiting.clear();
+            let copied = self.copy_step(&ring, partition, pacer).await;
+            self.transfers.state().current = None;
+            match copied {
+                Ok(sources) => {
+                    sources_of.insert(partition, sources);
                 }
                 Err(reason) => {
-                    let waiting = format!("partition {partition}: {reason}");
-                    if let Some(suppressed) = self.warnings.admit("partition transfer") {
-                        tracing::warn!(partition, %reason, suppressed, "partition transfer waits; retrying");
-                    }
-                    let mut state = self.transfers.state();
-                    state.waiting = waiting;
-                    state.current = None;
+                    self.transfer_waits(format!("partition {partition}: {reason}"));
                     break;
                 }
             }
-            self.transfers.state().current = None;
+        }
+        let compared = self.compare_copies(&sources_of, pacer).await;
+        {
+            let mut state = self.transfers.state();
+            state.received.extend(compared);
+            if pending
+                .iter()
+                .all(|partition| state.received.contains(partition))
+            {
+                state.waiting.clear();
+            }
         }
         let received: Vec<u32> = {
             let state = self.transfers.state();
@@ -245,24 +253,36 @@ impl Node {
         }
     }
 
-    /// Copies one moving partition from its old replicas and compares it
-    /// with each of them.
-    async fn receive_partition(
+    /// Records why the transfer waits, and logs it (rate limited).
+    fn transfer_waits(&self, reason: String) {
+        if let Some(suppressed) = self.warnings.admit("partition transfer") {
+            tracing::warn!(%reason, suppressed, "partition transfer waits; retrying");
+        }
+        self.transfers.state().waiting = reason;
+    }
+
+    /// Copies one moving partition from an old replica, unless this plan
+    /// copied it already, and returns the old replicas to compare it with.
+    async fn copy_step(
         self: &Arc<Self>,
         ring: &Ring,
         partition: u32,
         pacer: &RepairPacer,
-    ) -> Result<(), String> {
+    ) -> Result<Vec<NodeId>, String> {
         let moving = ring
             .moving(partition)
             .ok_or_else(|| "no longer moving".to_string())?;
-        let removed = self.view.with_membership(|table| table.removed.clone());
+        // Removed nodes are gone, and an operator marked the marked-down
+        // ones dead: neither is waited for.
+        let (removed, marked_down) = self
+            .view
+            .with_membership(|table| (table.removed.clone(), table.marked_down.clone()));
         let me = self.node_id();
         let sources: Vec<NodeId> = moving
             .old
             .iter()
             .copied()
-            .filter(|id| *id != me && !removed.contains(id))
+            .filter(|id| *id != me && !removed.contains(id) && !marked_down.contains(id))
             .collect();
         if sources.is_empty() {
             return Err("no old replica is left to copy from".to_string());
@@ -270,10 +290,10 @@ impl Node {
 
         let already_copied = self.transfers.state().copied.contains(&partition);
         if !already_copied {
-            // The old replica that leaves the list goes first: its copy is
-            // the one that would otherwise be lost.
+            // A reachable old replica that leaves the list goes first: its
+            // copy is the one that would otherwise be lost.
             let mut order = sources.clone();
-            order.sort_by_key(|id| (moving.new.contains(id), !self.view.is_up(*id)));
+            order.sort_by_key(|id| (!self.view.is_up(*id), moving.new.contains(id)));
             let source = order[0];
             if !self.view.is_up(source) {
                 return Err(format!(
@@ -301,27 +321,65 @@ impl Node {
             );
         }
 
-        if self.store.trees().built_at(partition).is_none() {
-            self.build_tree(partition).await?;
-        }
-        for source in sources {
-            let mut outcome = ExchangeOutcome::default();
-            self.exchange_with(source, &[partition], pacer, &mut outcome)
-                .await
-                .map_err(|reason| {
-                    format!(
-                        "anti-entropy exchange with {} failed: {reason}",
-                        self.describe_node(source)
-                    )
-                })?;
-            if outcome.partitions_compared == 0 {
-                return Err(format!(
-                    "the hash tree of the partition on {} is not built yet",
-                    self.describe_node(source)
-                ));
+        Ok(sources)
+    }
+
+    /// Compares each copied partition with every other old replica by
+    /// anti-entropy, one exchange per replica for all its partitions, and
+    /// returns the partitions whose comparisons all succeeded.
+    async fn compare_copies(
+        self: &Arc<Self>,
+        sources_of: &BTreeMap<u32, Vec<NodeId>>,
+        pacer: &RepairPacer,
+    ) -> Vec<u32> {
+        let mut failed: BTreeSet<u32> = BTreeSet::new();
+        for &partition in sources_of.keys() {
+            if self.store.trees().built_at(partition).is_none() {
+                if let Err(reason) = self.build_tree(partition).await {
+                    self.transfer_waits(format!(
+                        "partition {partition}: cannot build its hash tree: {reason}"
+                    ));
+                    failed.insert(partition);
+                }
             }
         }
-        Ok(())
+        let mut by_source: BTreeMap<NodeId, Vec<u32>> = BTreeMap::new();
+        for (&partition, sources) in sources_of {
+            if failed.contains(&partition) {
+                continue;
+            }
+            for &source in sources {
+                by_source.entry(source).or_default().push(partition);
+            }
+        }
+        for (source, partitions) in by_source {
+            let mut outcome = ExchangeOutcome::default();
+            let result = self
+                .exchange_with(source, &partitions, pacer, &mut outcome)
+                .await;
+            let problem = match result {
+                Err(reason) => Some(format!("anti-entropy exchange failed: {reason}")),
+                Ok(()) if outcome.partitions_compared < partitions.len() as u64 => Some(format!(
+                    "{} of {} hash trees are not built there yet",
+                    partitions.len() as u64 - outcome.partitions_compared,
+                    partitions.len()
+                )),
+                Ok(()) => None,
+            };
+            if let Some(problem) = problem {
+                self.transfer_waits(format!(
+                    "comparing {} partitions with {}: {problem}",
+                    partitions.len(),
+                    self.describe_node(source)
+                ));
+                failed.extend(partitions);
+            }
+        }
+        sources_of
+            .keys()
+            .copied()
+            .filter(|partition| !failed.contains(partition))
+            .collect()
     }
 
     /// Pages through `source`'s copy of `partition` and merges every record.
@@ -368,8 +426,8 @@ impl Node {
                 })?
                 .into_inner();
             let mut ops = Vec::with_capacity(page.entries.len());
+            pacer.wait_for(page.entries.len() as u32).await;
             for entry in page.entries.iter().filter(|entry| !entry.key.is_empty()) {
-                pacer.wait().await;
                 let state = State::decode(&entry.state)
                     .map_err(|error| format!("a transferred record does not decode: {error}"))?;
                 copied.bytes += (entry.key.len() + entry.state.len()) as u64;
