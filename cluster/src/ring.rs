@@ -115,6 +115,71 @@ impl Move {
     }
 }
 
+/// The replicas a write to one partition must reach, and the
+/// acknowledgements it needs: W among the current list, and while the
+/// partition moves also W among the planned list. Reads count the current
+/// list until the move is done and the planned one after, so either way a
+/// read quorum meets every acknowledged write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteSets {
+    pub old: Vec<NodeId>,
+    /// The planned list while the partition moves.
+    pub new: Option<Vec<NodeId>>,
+}
+
+impl WriteSets {
+    /// The write sets of `partition` in `ring`.
+    pub fn of(ring: &Ring, partition: u32) -> WriteSets {
+        match ring.moving(partition) {
+            Some(moving) => WriteSets {
+                old: moving.old,
+                new: Some(moving.new),
+            },
+            None => WriteSets {
+                old: ring.preference_list(partition),
+                new: None,
+            },
+        }
+    }
+
+    /// Every node a write goes to, current list first.
+    pub fn targets(&self) -> Vec<NodeId> {
+        let mut all = self.old.clone();
+        for node in self.new.iter().flatten() {
+            if !all.contains(node) {
+                all.push(*node);
+            }
+        }
+        all
+    }
+
+    /// Acknowledgements that count towards W: the fewer of the two lists.
+    pub fn counted(&self, acked: &[NodeId]) -> usize {
+        let in_list = |list: &[NodeId]| acked.iter().filter(|id| list.contains(id)).count();
+        let old = in_list(&self.old);
+        match &self.new {
+            Some(new) => old.min(in_list(new)),
+            None => old,
+        }
+    }
+
+    /// True when `acked` holds W nodes of each list.
+    pub fn satisfied(&self, acked: &[NodeId], w: usize) -> bool {
+        self.counted(acked) >= w
+    }
+
+    /// True when W can still be reached in each list, counting the nodes
+    /// that acknowledged and those that have not failed yet.
+    pub fn reachable(&self, acked: &[NodeId], failed: &BTreeSet<NodeId>, w: usize) -> bool {
+        let open = |list: &[NodeId]| {
+            list.iter()
+                .filter(|id| acked.contains(id) || !failed.contains(id))
+                .count()
+        };
+        open(&self.old) >= w && self.new.as_ref().is_none_or(|new| open(new) >= w)
+    }
+}
+
 impl Ring {
     /// Creates version 1 of a new cluster's ring with one node owning every
     /// partition.
@@ -1325,6 +1390,85 @@ mod tests {
         assert_eq!(bytes.pop(), Some(0));
         bytes[0] = 1;
         assert_eq!(Ring::decode(&bytes), Ok(ring));
+    }
+
+    #[test]
+    fn moving_write_needs_w_in_both_lists() {
+        let (_, ring) = planned(3, &[node_id(3)], &[]);
+        let partition = ring.moving_partitions()[0];
+        let sets = WriteSets::of(&ring, partition);
+        let old = sets.old.clone();
+        let new = sets.new.clone().expect("moving");
+        let leaving = *old
+            .iter()
+            .find(|node| !new.contains(node))
+            .expect("one leaves");
+        let staying: Vec<NodeId> = old
+            .iter()
+            .copied()
+            .filter(|node| new.contains(node))
+            .collect();
+        assert_eq!(sets.targets().len(), 4);
+        // Two staying nodes count in both lists.
+        assert!(sets.satisfied(&staying, 2));
+        // A staying node and the leaving one are W=2 only in the old list.
+        assert!(!sets.satisfied(&[staying[0], leaving], 2));
+        assert!(sets.satisfied(&[staying[0], leaving, node_id(3)], 2));
+        // Once the staying nodes failed, W=2 is out of reach in the new list.
+        let failed: BTreeSet<NodeId> = staying.iter().copied().collect();
+        assert!(!sets.reachable(&[leaving], &failed, 2));
+        assert!(sets.reachable(&[leaving], &BTreeSet::new(), 2));
+        // A partition that does not move has one list.
+        let still = (0..256)
+            .find(|p| ring.moving(*p).is_none())
+            .expect("a partition that stays");
+        assert_eq!(WriteSets::of(&ring, still).new, None);
+    }
+
+    proptest! {
+        /// Whatever nodes acknowledged a write during a move (W in each
+        /// list), every read quorum of R with R + W > N meets one of them,
+        /// before the move is done (reads count the current list) and after.
+        #[test]
+        fn acknowledged_write_meets_every_read_quorum(
+            nodes in 4u64..8,
+            change in 0usize..3,
+            pick in proptest::collection::vec(any::<bool>(), 16),
+            w in 1usize..=3,
+        ) {
+            let before = grow(64, 3, nodes).pop().expect("a ring");
+            let target = match change {
+                0 => before.with_nodes_added(&[node_id(nodes)], node_id(0)),
+                1 => before.with_nodes_removed(&[node_id(nodes - 1)], node_id(0)).expect("nodes remain"),
+                _ => before.with_nodes_added(&[node_id(nodes), node_id(nodes + 1)], node_id(0)),
+            };
+            let ring = before.with_plan(target.owners.clone(), node_id(0));
+            let r = 3 + 1 - w;
+            for partition in ring.moving_partitions() {
+                let sets = WriteSets::of(&ring, partition);
+                let targets = sets.targets();
+                let acked: Vec<NodeId> = targets
+                    .iter()
+                    .zip(pick.iter().cycle())
+                    .filter(|(_, chosen)| **chosen)
+                    .map(|(node, _)| *node)
+                    .collect();
+                if !sets.satisfied(&acked, w) {
+                    continue;
+                }
+                let done = ring.with_partitions_done(&[partition], node_id(0));
+                for list in [ring.preference_list(partition), done.preference_list(partition)] {
+                    // The read quorum that avoids the acknowledged nodes the
+                    // longest still meets one.
+                    let avoiding: Vec<NodeId> = list
+                        .iter()
+                        .copied()
+                        .filter(|node| !acked.contains(node))
+                        .collect();
+                    prop_assert!(avoiding.len() < r, "a read quorum of R={} misses a write acked by {:?}", r, acked);
+                }
+            }
+        }
     }
 
     #[test]

@@ -31,6 +31,7 @@ use crate::node::Node;
 use futures::stream::{FuturesUnordered, StreamExt};
 use kv_cluster::causality::LocalCopy;
 use kv_cluster::context::{decode_context, encode_context};
+use kv_cluster::ring::WriteSets;
 use kv_cluster::version::{State, Value, VersionVector};
 use kv_cluster::{format_node_id, NodeId};
 use kv_proto::v1::{ReplicaItem, ReplicaState};
@@ -743,22 +744,21 @@ fn is_stale_ring(reason: &str) -> bool {
     reason.contains(crate::service::peer::STALE_RING)
 }
 
-/// The replicas one write must reach: the key's preference list, and while
-/// its partition moves also the planned list, with W needed in each.
+/// The replicas one write must reach (kv-cluster's `WriteSets`), and those
+/// it was already sent to in an earlier round.
 struct WriteTargets {
-    old: Vec<NodeId>,
-    new: Option<Vec<NodeId>>,
-    /// Replicas a write was sent to, in any round.
+    sets: WriteSets,
     sent: std::collections::BTreeSet<NodeId>,
 }
 
 impl WriteTargets {
     fn new(node: &Node, key: &[u8], list: &[NodeId]) -> WriteTargets {
         let ring = node.view.ring();
-        let moving = ring.moving(ring.partition_for_key(key));
+        let mut sets = WriteSets::of(&ring, ring.partition_for_key(key));
+        // The caller's list is the one its checks used.
+        sets.old = list.to_vec();
         WriteTargets {
-            old: list.to_vec(),
-            new: moving.map(|moving| moving.new),
+            sets,
             sent: std::collections::BTreeSet::new(),
         }
     }
@@ -770,44 +770,27 @@ impl WriteTargets {
     }
 
     fn contains(&self, id: NodeId) -> bool {
-        self.old.contains(&id) || self.new.as_ref().is_some_and(|new| new.contains(&id))
+        self.sets.targets().contains(&id)
     }
 
     /// Replicas of either list no write was sent to yet.
     fn unsent(&self) -> Vec<NodeId> {
-        let mut all = self.old.clone();
-        for id in self.new.iter().flatten() {
-            if !all.contains(id) {
-                all.push(*id);
-            }
-        }
+        let mut all = self.sets.targets();
         all.retain(|id| !self.sent.contains(id));
         all
     }
 
-    /// Acknowledgements that count: the smaller count of the two lists.
     fn counted(&self, acked: &[NodeId]) -> usize {
-        let in_list = |list: &[NodeId]| acked.iter().filter(|id| list.contains(id)).count();
-        let old = in_list(&self.old);
-        match &self.new {
-            Some(new) => old.min(in_list(new)),
-            None => old,
-        }
+        self.sets.counted(acked)
     }
 
     fn satisfied(&self, acked: &[NodeId], w: usize) -> bool {
-        let in_list = |list: &[NodeId]| acked.iter().filter(|id| list.contains(id)).count();
-        in_list(&self.old) >= w && self.new.as_ref().is_none_or(|new| in_list(new) >= w)
+        self.sets.satisfied(acked, w)
     }
 
-    /// Whether W can still be reached in each list with the replies not in yet.
     fn possible(&self, acked: &[NodeId], failed: &BTreeMap<NodeId, String>, w: usize) -> bool {
-        let open = |list: &[NodeId]| {
-            list.iter()
-                .filter(|id| acked.contains(id) || !failed.contains_key(id))
-                .count()
-        };
-        open(&self.old) >= w && self.new.as_ref().is_none_or(|new| open(new) >= w)
+        let failed: std::collections::BTreeSet<NodeId> = failed.keys().copied().collect();
+        self.sets.reachable(acked, &failed, w)
     }
 }
 
