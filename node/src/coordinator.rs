@@ -260,9 +260,32 @@ impl Node {
         let acks = targets.counted(&acked);
 
         // Whatever is still in flight finishes in the background; a replica
-        // write that fails there has already become a hint.
+        // write that fails there has already become a hint. A refusal that
+        // showed this node's ring was stale sends the state to the nodes
+        // the newer ring adds, so they need not wait for anti-entropy.
         if !pending.is_empty() {
-            tokio::spawn(async move { while pending.next().await.is_some() {} });
+            let node = self.clone();
+            let key = key.to_vec();
+            tokio::spawn(async move {
+                let mut stale = false;
+                while let Some((_, result)) = pending.next().await {
+                    if let Err(reason) = &result {
+                        stale |= is_stale_ring(reason);
+                    }
+                }
+                if stale {
+                    let list = node.preference_list(&key);
+                    let targets = WriteTargets::new(&node, &key, &list).keeping(targets);
+                    for replica in targets.unsent() {
+                        let result = node
+                            .replicate(replica, &key, state_bytes.clone(), stand_ins.clone())
+                            .await;
+                        if let Err(reason) = result {
+                            tracing::debug!(replica = %node.describe_node(replica), %reason, "write to a node of the newer ring failed; kept as a hint");
+                        }
+                    }
+                }
+            });
         }
 
         if acks < w {

@@ -176,7 +176,9 @@ impl Node {
 
         let received = from_entries(&request.members, &request.removed, &request.marked_down);
         self.view.merge_membership(&received);
-        self.offer_ring_bytes(&request.ring).await;
+        if !ring_frozen_for_test() {
+            self.offer_ring_bytes(&request.ring).await;
+        }
         Ok(self.gossip_response())
     }
 
@@ -292,6 +294,22 @@ impl Node {
 
     /// Runs one push-pull exchange with the peer at `address`.
     pub async fn gossip_with(self: &Arc<Self>, address: &str) -> Result<(), Status> {
+        self.exchange_with_peer(address, ring_frozen_for_test())
+            .await
+    }
+
+    /// Runs one exchange with the peer at `address` to adopt its ring when
+    /// it is newer, after the peer refused a message from this node's
+    /// older ring. The test hook that holds rings back does not apply.
+    pub async fn fetch_newer_ring(self: &Arc<Self>, address: &str) -> Result<(), Status> {
+        self.exchange_with_peer(address, false).await
+    }
+
+    async fn exchange_with_peer(
+        self: &Arc<Self>,
+        address: &str,
+        keep_ring: bool,
+    ) -> Result<(), Status> {
         let mut client = self.peers.peer(address)?;
         let request = self.gossip_request();
         let response = tokio::time::timeout(Duration::from_secs(2), client.gossip(request))
@@ -300,7 +318,9 @@ impl Node {
             .into_inner();
         let received = from_entries(&response.members, &response.removed, &response.marked_down);
         self.view.merge_membership(&received);
-        self.offer_ring_bytes(&response.ring).await;
+        if !keep_ring {
+            self.offer_ring_bytes(&response.ring).await;
+        }
         Ok(())
     }
 
@@ -488,6 +508,15 @@ impl Node {
             }
         }
     }
+}
+
+/// Test hook: while the file named by the environment variable
+/// `RINGKV_TEST_FREEZE_RING` exists, this node adopts no ring from gossip,
+/// so a test can hold a coordinator on a stale ring while a partition
+/// moves. Refusals of its replica messages still hand it the newer ring.
+fn ring_frozen_for_test() -> bool {
+    std::env::var_os("RINGKV_TEST_FREEZE_RING")
+        .is_some_and(|path| std::path::Path::new(&path).exists())
 }
 
 /// Asks the seeds to join their cluster until one replies. Returns the ring

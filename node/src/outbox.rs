@@ -101,7 +101,7 @@ impl Node {
         if self.view.ring().version != before {
             return;
         }
-        if let Err(status) = self.gossip_with(address).await {
+        if let Err(status) = self.fetch_newer_ring(address).await {
             tracing::debug!(peer = %address, reason = %status.message(), "cannot fetch the newer ring of a peer");
         }
     }

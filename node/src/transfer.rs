@@ -12,7 +12,8 @@
 //!    does, at most `--transfer-max-keys-per-second`;
 //! 3. it builds its hash tree of the partition and runs one anti-entropy
 //!    exchange with each other old replica, so a write that reached only
-//!    some of them is merged too;
+//!    some of them is merged too (with `--aae off` it merges their whole
+//!    copies instead);
 //! 4. it reports the partition to the claimant, which marks it done in the
 //!    next ring version once every receiver reported it.
 //!
@@ -332,6 +333,9 @@ impl Node {
         sources_of: &BTreeMap<u32, Vec<NodeId>>,
         pacer: &RepairPacer,
     ) -> Vec<u32> {
+        if self.config.aae == crate::config::OnOff::Off {
+            return self.copy_from_every_source(sources_of, pacer).await;
+        }
         let mut failed: BTreeSet<u32> = BTreeSet::new();
         for &partition in sources_of.keys() {
             if self.store.trees().built_at(partition).is_none() {
@@ -380,6 +384,34 @@ impl Node {
             .copied()
             .filter(|partition| !failed.contains(partition))
             .collect()
+    }
+
+    /// Without hash trees (`--aae off`), merges the whole copy of every
+    /// other old replica instead of comparing trees with it, and returns
+    /// the partitions whose copies all merged.
+    async fn copy_from_every_source(
+        self: &Arc<Self>,
+        sources_of: &BTreeMap<u32, Vec<NodeId>>,
+        pacer: &RepairPacer,
+    ) -> Vec<u32> {
+        let ring_version = self.view.ring().version;
+        let mut merged = Vec::new();
+        'partitions: for (&partition, sources) in sources_of {
+            for &source in sources {
+                if let Err(reason) = self
+                    .copy_partition(source, partition, ring_version, pacer)
+                    .await
+                {
+                    self.transfer_waits(format!(
+                        "partition {partition}: copying from {} failed: {reason}",
+                        self.describe_node(source)
+                    ));
+                    continue 'partitions;
+                }
+            }
+            merged.push(partition);
+        }
+        merged
     }
 
     /// Pages through `source`'s copy of `partition` and merges every record.

@@ -9,7 +9,8 @@ use common::{admin, members, status, wait_until, TestCluster, TestNode, TEST_DEA
 use futures::stream::{self, StreamExt};
 use kv_client::{format_node_id, Client, NodeId, ReplicaState};
 use kv_cluster::ring::Ring;
-use kv_proto::v1::{DecommissionRequest, MarkDownRequest, RemoveRequest, RingRequest};
+use kv_proto::v1::kv_client::KvClient;
+use kv_proto::v1::{DecommissionRequest, MarkDownRequest, PutRequest, RemoveRequest, RingRequest};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -589,6 +590,103 @@ async fn marked_down_claimant_lets_another_node_plan() {
             &survivors[0],
             &ring,
             &live_keys,
+            Duration::from_secs(60),
+        )
+        .await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coordinator_with_a_stale_ring_writes_to_the_new_owners() {
+    tokio::time::timeout(TEST_DEADLINE, async {
+        let mut cluster = TestCluster::start_with(4, FLAGS).await;
+        let client = cluster.client().await;
+        let keys = load(&client, "key-", 0..2_000).await;
+
+        // Node 3 restarts with the test hook that holds back rings from
+        // gossip while a file exists.
+        let freeze = cluster.root.path().join("freeze-ring");
+        let stale = cluster.nodes[3].address.clone();
+        let stale_id = id_of(&stale).await;
+        cluster.nodes[3].stop();
+        // Its own anti-entropy rounds would send repairs, whose refusals
+        // hand it the newer ring too; other nodes still exchange with it.
+        cluster.nodes[3]
+            .extra_args
+            .extend(["--aae-interval-ms".to_string(), "600000".to_string()]);
+        cluster.nodes[3].env = vec![(
+            "RINGKV_TEST_FREEZE_RING".to_string(),
+            freeze.display().to_string(),
+        )];
+        cluster.nodes[3].spawn();
+        cluster.wait_converged(Duration::from_secs(60)).await;
+        let old_ring = ring_of(&stale).await.expect("ring");
+        std::fs::write(&freeze, b"held").expect("create the freeze file");
+
+        let mut joiner = TestNode::new(
+            cluster.root.path(),
+            "node4",
+            vec![cluster.nodes[0].address.clone()],
+        );
+        joiner.extra_args = FLAGS.iter().map(|flag| flag.to_string()).collect();
+        joiner.spawn();
+        cluster.nodes.push(joiner);
+        let fresh: Vec<String> = cluster
+            .addresses()
+            .into_iter()
+            .filter(|address| *address != stale)
+            .collect();
+        let ring = wait_change_complete(&fresh, 5, Duration::from_secs(120)).await;
+        assert_eq!(
+            ring_of(&stale).await.expect("ring").version,
+            old_ring.version,
+            "the hook did not hold node 3's ring back"
+        );
+
+        // Keys that node 3 replicates in both rings, and whose old list
+        // has a node that no longer holds them: that node refuses node 3's
+        // replica write as stale.
+        let written: Vec<String> = (0..100_000)
+            .map(|i| format!("stale-{i}"))
+            .filter(|key| {
+                let old = old_ring.preference_list_for_key(key.as_bytes());
+                let new = ring.preference_list_for_key(key.as_bytes());
+                old.contains(&stale_id)
+                    && new.contains(&stale_id)
+                    && old.iter().any(|node| !new.contains(node))
+            })
+            .take(40)
+            .collect();
+        assert_eq!(written.len(), 40);
+        let mut kv = KvClient::connect(format!("http://{stale}"))
+            .await
+            .expect("connect to node 3");
+        for key in &written {
+            kv.put(PutRequest {
+                key: key.clone().into_bytes(),
+                value: format!("value-{key}").into_bytes(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|status| panic!("put of {key} through the stale node: {status}"));
+        }
+        // The refusals handed node 3 the newer ring.
+        assert_eq!(
+            ring_of(&stale).await.expect("ring").version,
+            ring.version,
+            "no refusal corrected node 3's ring"
+        );
+
+        std::fs::remove_file(&freeze).expect("remove the freeze file");
+        let mut checked = keys;
+        checked.extend(written);
+        wait_every_copy(
+            &client,
+            &cluster.nodes[0].address,
+            &ring,
+            &checked,
             Duration::from_secs(60),
         )
         .await;

@@ -44,6 +44,8 @@ pub struct TestNode {
     pub log_path: PathBuf,
     pub seeds: Vec<String>,
     pub extra_args: Vec<String>,
+    /// Environment variables set for the process, besides RUST_LOG.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -55,6 +57,7 @@ impl TestNode {
             log_path: root.join(format!("{name}.log")),
             seeds,
             extra_args: Vec::new(),
+            env: Vec::new(),
             child: None,
         }
     }
@@ -79,6 +82,7 @@ impl TestNode {
             .arg(&self.address)
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log);
