@@ -269,7 +269,7 @@ async fn id_of(address: &str) -> NodeId {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn join_under_writes_puts_every_key_on_its_new_list() {
+async fn join_under_writes_places_every_key() {
     tokio::time::timeout(TEST_DEADLINE, async {
         let started = Instant::now();
         let mut cluster = TestCluster::start_with(3, FLAGS).await;
@@ -309,7 +309,7 @@ async fn join_under_writes_puts_every_key_on_its_new_list() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_nodes_joining_at_once_share_one_plan() {
+async fn two_joins_share_one_plan() {
     tokio::time::timeout(TEST_DEADLINE, async {
         let mut cluster = TestCluster::start_with(3, FLAGS).await;
         let client = cluster.client().await;
@@ -388,7 +388,7 @@ async fn id_of_when_up(address: &str) -> NodeId {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn decommissioned_node_hands_over_every_key_and_stays_out() {
+async fn decommission_hands_over_every_key() {
     tokio::time::timeout(TEST_DEADLINE, async {
         let mut cluster = TestCluster::start_with(4, FLAGS).await;
         let client = cluster.client().await;
@@ -448,7 +448,7 @@ async fn decommissioned_node_hands_over_every_key_and_stays_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn removed_node_is_rebuilt_from_the_survivors() {
+async fn removed_node_rebuilt_from_survivors() {
     tokio::time::timeout(TEST_DEADLINE, async {
         let mut cluster = TestCluster::start_with(4, FLAGS).await;
         let client = cluster.client().await;
@@ -502,7 +502,7 @@ async fn removed_node_is_rebuilt_from_the_survivors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn marked_down_claimant_lets_another_node_plan() {
+async fn marked_down_claimant_unblocks_plans() {
     tokio::time::timeout(TEST_DEADLINE, async {
         let mut cluster = TestCluster::start_with(4, FLAGS).await;
         let client = cluster.client().await;
@@ -599,7 +599,7 @@ async fn marked_down_claimant_lets_another_node_plan() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn coordinator_with_a_stale_ring_writes_to_the_new_owners() {
+async fn stale_coordinator_reaches_new_owners() {
     tokio::time::timeout(TEST_DEADLINE, async {
         let mut cluster = TestCluster::start_with(4, FLAGS).await;
         let client = cluster.client().await;
