@@ -47,6 +47,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tonic::Status;
 
+/// Partitions copied before they are compared and reported together.
+const PARTITIONS_PER_BATCH: usize = 16;
+
 /// Records per page of a partition transfer.
 const PAGE_ENTRIES: u32 = 500;
 
@@ -206,41 +209,54 @@ impl Node {
                     .is_some_and(|moving| moving.receivers().contains(&me))
             })
             .collect();
-        // Copies run one partition at a time; the comparisons with the
-        // other old replicas then run per replica for every copied
-        // partition at once, which saves most of their round trips.
-        let mut sources_of: BTreeMap<u32, Vec<NodeId>> = BTreeMap::new();
-        for partition in pending.iter().copied() {
-            if self.transfers.state().received.contains(&partition) {
-                continue;
-            }
-            if self.view.ring().plan.as_ref().map(|plan| plan.started) != Some(plan.started) {
-                break;
-            }
-            self.transfers.state().current = Some(partition);
-            let copied = self.copy_step(&ring, partition, pacer).await;
-            self.transfers.state().current = None;
-            match copied {
-                Ok(sources) => {
-                    sources_of.insert(partition, sources);
-                }
-                Err(reason) => {
-                    self.transfer_waits(format!("partition {partition}: {reason}"));
+        // Copies run one partition at a time. The comparisons with the other
+        // old replicas run per replica for a batch of copied partitions,
+        // which saves most of their round trips, and each batch is reported
+        // at once, so partitions flip while the rest still move.
+        let unreceived: Vec<u32> = {
+            let state = self.transfers.state();
+            pending
+                .iter()
+                .copied()
+                .filter(|partition| !state.received.contains(partition))
+                .collect()
+        };
+        for batch in unreceived.chunks(PARTITIONS_PER_BATCH) {
+            let mut sources_of: BTreeMap<u32, Vec<NodeId>> = BTreeMap::new();
+            let mut stopped = false;
+            for partition in batch.iter().copied() {
+                if self.view.ring().plan.as_ref().map(|plan| plan.started) != Some(plan.started) {
+                    stopped = true;
                     break;
                 }
+                self.transfers.state().current = Some(partition);
+                let copied = self.copy_step(&ring, partition, pacer).await;
+                self.transfers.state().current = None;
+                match copied {
+                    Ok(sources) => {
+                        sources_of.insert(partition, sources);
+                    }
+                    Err(reason) => {
+                        self.transfer_waits(format!("partition {partition}: {reason}"));
+                        stopped = true;
+                        break;
+                    }
+                }
+            }
+            let compared = self.compare_copies(&sources_of, pacer).await;
+            let complete = compared.len() == sources_of.len();
+            self.transfers.state().received.extend(compared);
+            self.report_all_received(plan.started, &pending).await;
+            if stopped || !complete {
+                return;
             }
         }
-        let compared = self.compare_copies(&sources_of, pacer).await;
-        {
-            let mut state = self.transfers.state();
-            state.received.extend(compared);
-            if pending
-                .iter()
-                .all(|partition| state.received.contains(partition))
-            {
-                state.waiting.clear();
-            }
-        }
+        self.report_all_received(plan.started, &pending).await;
+        self.transfers.state().waiting.clear();
+    }
+
+    /// Reports every partition of `pending` received so far to the claimant.
+    async fn report_all_received(self: &Arc<Self>, plan_started: u64, pending: &[u32]) {
         let received: Vec<u32> = {
             let state = self.transfers.state();
             pending
@@ -250,7 +266,7 @@ impl Node {
                 .collect()
         };
         if !received.is_empty() {
-            self.report_received(plan.started, &received).await;
+            self.report_received(plan_started, &received).await;
         }
     }
 

@@ -556,6 +556,14 @@ async fn marked_down_claimant_unblocks_plans() {
         )
         .await;
 
+        cluster
+            .wait_member_up(
+                &survivors[1],
+                &claimant_address,
+                false,
+                Duration::from_secs(30),
+            )
+            .await;
         admin(&survivors[1])
             .await
             .expect("admin")
@@ -605,22 +613,31 @@ async fn stale_coordinator_reaches_new_owners() {
         let client = cluster.client().await;
         let keys = load(&client, "key-", 0..2_000).await;
 
-        // Node 3 restarts with the test hook that holds back rings from
-        // gossip while a file exists.
+        // A node other than the claimant (which makes the rings) restarts
+        // with the test hook that holds back rings from gossip while a file
+        // exists.
+        let claimant = members(&cluster.nodes[0].address)
+            .await
+            .expect("members")
+            .claimant;
+        let mut index = 3;
+        while format_node_id(id_of(&cluster.nodes[index].address).await) == claimant {
+            index -= 1;
+        }
         let freeze = cluster.root.path().join("freeze-ring");
-        let stale = cluster.nodes[3].address.clone();
+        let stale = cluster.nodes[index].address.clone();
         let stale_id = id_of(&stale).await;
-        cluster.nodes[3].stop();
+        cluster.nodes[index].stop();
         // Its own anti-entropy rounds would send repairs, whose refusals
         // hand it the newer ring too; other nodes still exchange with it.
-        cluster.nodes[3]
+        cluster.nodes[index]
             .extra_args
             .extend(["--aae-interval-ms".to_string(), "600000".to_string()]);
-        cluster.nodes[3].env = vec![(
+        cluster.nodes[index].env = vec![(
             "RINGKV_TEST_FREEZE_RING".to_string(),
             freeze.display().to_string(),
         )];
-        cluster.nodes[3].spawn();
+        cluster.nodes[index].spawn();
         cluster.wait_converged(Duration::from_secs(60)).await;
         let old_ring = ring_of(&stale).await.expect("ring");
         std::fs::write(&freeze, b"held").expect("create the freeze file");
@@ -642,12 +659,12 @@ async fn stale_coordinator_reaches_new_owners() {
         assert_eq!(
             ring_of(&stale).await.expect("ring").version,
             old_ring.version,
-            "the hook did not hold node 3's ring back"
+            "the hook did not hold the stale node's ring back"
         );
 
-        // Keys that node 3 replicates in both rings, and whose old list
-        // has a node that no longer holds them: that node refuses node 3's
-        // replica write as stale.
+        // Keys that the stale node replicates in both rings, and whose old
+        // list has a node that no longer holds them. That node refuses the
+        // stale node's replica write as stale.
         let written: Vec<String> = (0..100_000)
             .map(|i| format!("stale-{i}"))
             .filter(|key| {
@@ -662,7 +679,7 @@ async fn stale_coordinator_reaches_new_owners() {
         assert_eq!(written.len(), 40);
         let mut kv = KvClient::connect(format!("http://{stale}"))
             .await
-            .expect("connect to node 3");
+            .expect("connect to the stale node");
         for key in &written {
             kv.put(PutRequest {
                 key: key.clone().into_bytes(),
@@ -672,11 +689,11 @@ async fn stale_coordinator_reaches_new_owners() {
             .await
             .unwrap_or_else(|status| panic!("put of {key} through the stale node: {status}"));
         }
-        // The refusals handed node 3 the newer ring.
+        // The refusals handed the stale node the newer ring.
         assert_eq!(
             ring_of(&stale).await.expect("ring").version,
             ring.version,
-            "no refusal corrected node 3's ring"
+            "no refusal corrected the stale node's ring"
         );
 
         std::fs::remove_file(&freeze).expect("remove the freeze file");
@@ -690,6 +707,95 @@ async fn stale_coordinator_reaches_new_owners() {
             Duration::from_secs(60),
         )
         .await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_joiner_cancelled_by_remove() {
+    tokio::time::timeout(TEST_DEADLINE, async {
+        // A slow transfer, so the joiner dies in the middle of it.
+        let slow: Vec<&str> = vec![
+            "--transfer-interval-ms",
+            "200",
+            "--transfer-max-keys-per-second",
+            "1000",
+        ];
+        let mut cluster = TestCluster::start_with(3, &slow).await;
+        let client = cluster.client().await;
+        let keys = load(&client, "key-", 0..8_000).await;
+
+        let mut joiner = TestNode::new(
+            cluster.root.path(),
+            "node3",
+            vec![cluster.nodes[0].address.clone()],
+        );
+        joiner.extra_args = slow.iter().map(|flag| flag.to_string()).collect();
+        joiner.spawn();
+        let joiner_id = id_of_when_up(&joiner.address).await;
+        cluster.nodes.push(joiner);
+
+        // Once some partitions are done and others still move, the joiner dies.
+        let observer = cluster.nodes[0].address.clone();
+        wait_until(
+            Duration::from_secs(60),
+            "a plan with partitions done",
+            || {
+                let observer = observer.clone();
+                async move {
+                    ring_of(&observer).await.is_some_and(|ring| {
+                        ring.plan.as_ref().is_some_and(|plan| !plan.done.is_empty())
+                            && !ring.moving_partitions().is_empty()
+                    })
+                }
+            },
+        )
+        .await;
+        let joiner_address = cluster.nodes[3].address.clone();
+        cluster.nodes[3].kill();
+        for observer in cluster.addresses()[..3].to_vec() {
+            cluster
+                .wait_member_up(&observer, &joiner_address, false, Duration::from_secs(30))
+                .await;
+        }
+
+        // The old owners keep serving every key meanwhile.
+        let unreadable: Vec<String> = stream::iter(keys.iter().take(500).cloned())
+            .map(|key| {
+                let client = client.clone();
+                async move {
+                    match client.get(&key).await {
+                        Ok(read) if read.values == vec![format!("value-{key}").into_bytes()] => {
+                            None
+                        }
+                        other => Some(format!("{key}: {other:?}")),
+                    }
+                }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .filter_map(|failure| async move { failure })
+            .collect()
+            .await;
+        assert!(
+            unreadable.is_empty(),
+            "reads failed while the joiner was dead: {unreadable:?}"
+        );
+
+        // Removing the joiner cancels its part: the plan ends, and the next
+        // one moves its partitions back to the live nodes.
+        admin(&cluster.nodes[1].address)
+            .await
+            .expect("admin")
+            .remove(RemoveRequest {
+                node_id: format_node_id(joiner_id),
+            })
+            .await
+            .expect("Remove");
+        let live: Vec<String> = cluster.addresses()[..3].to_vec();
+        let ring = wait_change_complete(&live, 3, Duration::from_secs(120)).await;
+        assert!(!ring.nodes().contains(&joiner_id));
+        wait_every_copy(&client, &live[0], &ring, &keys, Duration::from_secs(60)).await;
     })
     .await
     .expect("test timed out");
