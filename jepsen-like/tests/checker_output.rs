@@ -156,6 +156,35 @@ fn fault_windows_pair_start_and_stop() {
 }
 
 #[test]
+fn fault_windows_pair_membership_changes() {
+    let events = numbered(vec![
+        nemesis(0, 100.0, "join n4"),
+        nemesis(0, 200.0, "joined n4"),
+        nemesis(0, 300.0, "decommission n2"),
+        nemesis(0, 400.0, "left n2"),
+        nemesis(0, 500.0, "remove n1"),
+        nemesis(0, 600.0, "removed n3"),
+        nemesis(0, 700.0, "heal all"),
+    ]);
+
+    let windows = fault_windows(&events);
+
+    let summary: Vec<(&str, f64, Option<f64>)> = windows
+        .iter()
+        .map(|window| (window.label.as_str(), window.start_ms, window.end_ms))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("join n4", 100.0, Some(200.0)),
+            ("decommission n2", 300.0, Some(400.0)),
+            // `removed n3` names another node, so only `heal all` ends it.
+            ("remove n1", 500.0, Some(700.0)),
+        ]
+    );
+}
+
+#[test]
 fn fault_window_open_at_end() {
     let events = numbered(vec![nemesis(0, 100.0, "pause n4")]);
 

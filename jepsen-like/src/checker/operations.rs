@@ -15,6 +15,9 @@
 //! | `kill NODE`           | `restart NODE`, `start NODE` |
 //! | `pause NODE`          | `resume NODE`              |
 //! | `skew NODE ...`       | `unskew NODE`, `skew NODE 0` |
+//! | `join NODE`           | `joined NODE`              |
+//! | `decommission NODE`   | `left NODE`                |
+//! | `remove NODE`         | `removed NODE`             |
 //!
 //! `heal all` ends every fault. Repeating a verb for a fault that is already
 //! active (an invoke and its completion both carrying the text) changes
@@ -189,7 +192,7 @@ pub fn fault_windows(events: &[Event]) -> Vec<FaultWindow> {
 
         let opened = match verb.as_deref() {
             Some("partition") => Some("partition".to_string()),
-            Some("kill") | Some("pause") => {
+            Some("kill") | Some("pause") | Some("join") | Some("decommission") | Some("remove") => {
                 Some(format!("{} {target}", words[0].to_ascii_lowercase()))
             }
             Some("skew") if !is_zero_skew(words.get(2).copied()) => Some(format!("skew {target}")),
@@ -213,6 +216,16 @@ pub fn fault_windows(events: &[Event]) -> Vec<FaultWindow> {
             }
             Some("resume") => {
                 let id = format!("pause {target}");
+                close(&|active_id| active_id == id, &mut windows, &mut active);
+                None
+            }
+            Some(end @ ("joined" | "left" | "removed")) => {
+                let start = match end {
+                    "joined" => "join",
+                    "left" => "decommission",
+                    _ => "remove",
+                };
+                let id = format!("{start} {target}");
                 close(&|active_id| active_id == id, &mut windows, &mut active);
                 None
             }
