@@ -5,7 +5,12 @@
 //! (`<run>/n<i>.log`). Node 1 creates the cluster; the others join through
 //! it, one at a time, because a join is accepted only while no member stores
 //! data. A restarted node keeps its data directory and gets every other
-//! node as seed, so it rejoins whichever of them is up.
+//! member as seed, so it rejoins whichever of them is up.
+//!
+//! Spare nodes are not started with the cluster. [`Cluster::join`] starts
+//! one with an empty data directory and the members as seeds, and it stays
+//! a member. A node that was decommissioned or removed is never started
+//! again, because ringkv rejects its data directory.
 //!
 //! Invariants:
 //! - Signals go only to PIDs this module spawned, and a PID is forgotten
@@ -24,7 +29,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kv_client::proto::admin_client::AdminClient;
+use kv_client::proto::RingRequest;
 use kv_client::{Client, ClientOptions};
+use kv_cluster::ring::Ring;
+use tonic::transport::Endpoint;
 
 /// Time a node gets to exit after SIGTERM before it is killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -65,6 +74,8 @@ pub enum ClusterError {
         "the cluster was not ready after {waited:?}: {reason}; see the node logs in the run folder"
     )]
     NotReady { waited: Duration, reason: String },
+    #[error("node n{node} is not a spare that has never run, so it cannot join")]
+    NotSpare { node: usize },
     #[error("invalid node address {address}: {source}")]
     Client {
         address: String,
@@ -106,6 +117,23 @@ pub enum NodeStatus {
     Running,
     Paused,
     Killed,
+    /// A spare that has not joined yet.
+    Spare,
+    /// Decommissioned: it handed over its partitions and exited.
+    Left,
+    /// Killed and removed from the ring by another node.
+    Removed,
+}
+
+impl NodeStatus {
+    /// True for a node of the ring: running, paused or killed, but not a
+    /// spare and not gone for good.
+    pub fn is_member(self) -> bool {
+        matches!(
+            self,
+            NodeStatus::Running | NodeStatus::Paused | NodeStatus::Killed
+        )
+    }
 }
 
 struct Node {
@@ -127,6 +155,17 @@ impl Cluster {
         config: ClusterConfig,
         launches: Vec<NodeLaunch>,
     ) -> Result<Cluster, ClusterError> {
+        let members = launches.len();
+        Cluster::start_with_spares(config, launches, members).await
+    }
+
+    /// Starts the first `members` nodes like [`Cluster::start`] and keeps
+    /// the others as spares for [`Cluster::join`].
+    pub async fn start_with_spares(
+        config: ClusterConfig,
+        launches: Vec<NodeLaunch>,
+        members: usize,
+    ) -> Result<Cluster, ClusterError> {
         let mut cluster = Cluster {
             config,
             nodes: BTreeMap::new(),
@@ -137,12 +176,16 @@ impl Cluster {
                 Node {
                     launch,
                     child: None,
-                    status: NodeStatus::Killed,
+                    status: if index < members {
+                        NodeStatus::Killed
+                    } else {
+                        NodeStatus::Spare
+                    },
                 },
             );
         }
 
-        let count = cluster.nodes.len();
+        let count = members.min(cluster.nodes.len());
         for node in 1..=count {
             cluster.spawn(node, node > 1)?;
             // Joins are one at a time: the first node must have created the
@@ -169,10 +212,30 @@ impl Cluster {
         self.nodes.get(&node).map(|n| n.launch.address.as_str())
     }
 
-    /// Client addresses of every node, in node order.
+    /// Client addresses of every node, spares and departed nodes
+    /// included, in node order.
     pub fn addresses(&self) -> Vec<String> {
         self.nodes
             .values()
+            .map(|n| n.launch.address.clone())
+            .collect()
+    }
+
+    /// Numbers of the nodes that are members now (see
+    /// [`NodeStatus::is_member`]), in ascending order.
+    pub fn members(&self) -> Vec<usize> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.status.is_member())
+            .map(|(node, _)| *node)
+            .collect()
+    }
+
+    /// Client addresses of the members, in node order.
+    pub fn member_addresses(&self) -> Vec<String> {
+        self.nodes
+            .values()
+            .filter(|n| n.status.is_member())
             .map(|n| n.launch.address.clone())
             .collect()
     }
@@ -196,7 +259,7 @@ impl Cluster {
         self.config.run_dir.join(format!("n{node}")).join("data")
     }
 
-    /// Spawns node `node`. With `join`, it gets every other node as seed.
+    /// Spawns node `node`. With `join`, it gets every other member as seed.
     fn spawn(&mut self, node: usize, join: bool) -> Result<(), ClusterError> {
         let data_dir = self.data_dir(node);
         std::fs::create_dir_all(&data_dir).map_err(|source| ClusterError::CreateFile {
@@ -220,7 +283,7 @@ impl Cluster {
         let seeds: Vec<String> = self
             .nodes
             .iter()
-            .filter(|(other, _)| **other != node)
+            .filter(|(other, n)| **other != node && n.status.is_member())
             .map(|(_, n)| n.launch.address.clone())
             .collect();
         let Some(entry) = self.nodes.get(&node) else {
@@ -305,7 +368,58 @@ impl Cluster {
             return Ok(());
         }
         self.spawn(node, true)?;
-        self.wait_ready(self.len(), self.config.ready_timeout).await
+        self.wait_members_ready(self.config.ready_timeout).await
+    }
+
+    /// Starts spare node `node` with an empty data directory and the
+    /// members as seeds, without waiting for the join to finish.
+    pub fn join(&mut self, node: usize) -> Result<(), ClusterError> {
+        if self.status(node) != Some(NodeStatus::Spare) {
+            return Err(ClusterError::NotSpare { node });
+        }
+        self.spawn(node, true)
+    }
+
+    /// Waits until node `node` exits by itself, as a decommissioned node
+    /// does, and marks it left. Returns its exit status, or `None` when it
+    /// still runs after `timeout`.
+    pub async fn wait_left(
+        &mut self,
+        node: usize,
+        timeout: Duration,
+    ) -> Result<Option<std::process::ExitStatus>, ClusterError> {
+        let started = Instant::now();
+        loop {
+            let entry = self.running_entry(node, "decommissioned")?;
+            let child = entry.child.as_mut().ok_or(ClusterError::NotRunning {
+                node,
+                action: "decommissioned",
+            })?;
+            if let Ok(Some(status)) = child.try_wait() {
+                entry.child = None;
+                entry.status = NodeStatus::Left;
+                tracing::info!(node = %format!("n{node}"), %status, "node left the cluster");
+                return Ok(Some(status));
+            }
+            if started.elapsed() >= timeout {
+                return Ok(None);
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Marks killed node `node` as removed, so nothing restarts it.
+    pub fn mark_removed(&mut self, node: usize) -> Result<(), ClusterError> {
+        match self.nodes.get_mut(&node) {
+            Some(entry) if entry.status == NodeStatus::Killed => {
+                entry.status = NodeStatus::Removed;
+                Ok(())
+            }
+            _ => Err(ClusterError::NotRunning {
+                node,
+                action: "removed after its kill",
+            }),
+        }
     }
 
     /// Restarts a killed node without waiting for it to rejoin.
@@ -363,8 +477,23 @@ impl Cluster {
         count: usize,
         timeout: Duration,
     ) -> Result<(), ClusterError> {
-        let started = Instant::now();
         let addresses: Vec<String> = self.addresses().into_iter().take(count).collect();
+        self.wait_addresses_ready(addresses, timeout).await
+    }
+
+    /// Waits like [`Cluster::wait_ready`] for the current members.
+    pub async fn wait_members_ready(&mut self, timeout: Duration) -> Result<(), ClusterError> {
+        let addresses = self.member_addresses();
+        self.wait_addresses_ready(addresses, timeout).await
+    }
+
+    async fn wait_addresses_ready(
+        &mut self,
+        addresses: Vec<String>,
+        timeout: Duration,
+    ) -> Result<(), ClusterError> {
+        let started = Instant::now();
+        let count = addresses.len();
         let options = ClientOptions {
             request_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
@@ -402,11 +531,70 @@ impl Cluster {
         }
     }
 
+    /// Waits until every member returns the same ring, with no partition
+    /// move plan and with exactly the members as its nodes, so that no
+    /// membership change is in progress.
+    pub async fn wait_ring_settled(&mut self, timeout: Duration) -> Result<(), ClusterError> {
+        let started = Instant::now();
+        loop {
+            self.check_exited()?;
+            let reason = match self.ring_unsettled_reason().await {
+                None => return Ok(()),
+                Some(reason) => reason,
+            };
+            if started.elapsed() >= timeout {
+                return Err(ClusterError::NotReady {
+                    waited: started.elapsed(),
+                    reason,
+                });
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Returns why the members' rings are not settled, or `None` when they
+    /// are.
+    async fn ring_unsettled_reason(&self) -> Option<String> {
+        let addresses = self.member_addresses();
+        let mut first: Option<Ring> = None;
+        for address in &addresses {
+            let ring = match fetch_ring(address).await {
+                Ok(ring) => ring,
+                Err(error) => return Some(format!("{address}: {error}")),
+            };
+            if ring.plan.is_some() {
+                return Some(format!(
+                    "{address}: ring version {} still moves partitions",
+                    ring.version
+                ));
+            }
+            if ring.nodes().len() != addresses.len() {
+                return Some(format!(
+                    "{address}: ring version {} has {} nodes, expected {}",
+                    ring.version,
+                    ring.nodes().len(),
+                    addresses.len()
+                ));
+            }
+            match &first {
+                None => first = Some(ring),
+                Some(other) if *other != ring => {
+                    return Some(format!(
+                        "{address}: ring version {} differs from version {} of {}",
+                        ring.version, other.version, addresses[0]
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        None
+    }
+
     /// Fails when a node that should run has exited on its own.
     fn check_exited(&mut self) -> Result<(), ClusterError> {
         let mut exited = None;
         for (node, entry) in self.nodes.iter_mut() {
-            if entry.status == NodeStatus::Killed {
+            if !matches!(entry.status, NodeStatus::Running | NodeStatus::Paused) {
                 continue;
             }
             if let Some(child) = entry.child.as_mut() {
@@ -467,6 +655,26 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop_all();
     }
+}
+
+/// Fetches and decodes the ring of the node at `address`.
+async fn fetch_ring(address: &str) -> Result<Ring, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|error| error.to_string())?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(2));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|error| format!("cannot connect: {error}"))?;
+    let mut admin =
+        AdminClient::new(channel).max_decoding_message_size(kv_client::DEFAULT_MAX_MESSAGE_BYTES);
+    let reply = admin
+        .ring(RingRequest {})
+        .await
+        .map_err(|status| format!("Ring failed: {}: {}", status.code(), status.message()))?
+        .into_inner();
+    Ring::decode(&reply.encoded).map_err(|error| format!("the ring does not decode: {error}"))
 }
 
 /// Checks one node's member list; returns why the cluster is not ready.

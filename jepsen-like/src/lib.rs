@@ -3,6 +3,7 @@
 pub mod checker;
 pub mod cluster;
 pub mod history;
+pub mod membership;
 pub mod nemesis;
 pub mod net;
 pub mod recorder;

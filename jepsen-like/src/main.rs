@@ -38,9 +38,11 @@ struct RunArgs {
     workload: WorkloadKind,
 
     /// Comma-separated fault kinds the nemesis chooses from (partition,
-    /// kill, pause, skew), or "none" for a run without faults. Partitions
-    /// need root and the ip and nft commands; skew needs libfaketime.
-    #[arg(long, value_parser = parse_nemesis, default_value = "partition,kill,pause,skew")]
+    /// kill, pause, skew, membership), or "none" for a run without faults.
+    /// Partitions need root and the ip and nft commands; skew needs
+    /// libfaketime; membership joins --spares nodes, decommissions members
+    /// and removes killed ones.
+    #[arg(long, alias = "faults", value_parser = parse_nemesis, default_value = "partition,kill,pause,skew")]
     nemesis: NemesisKinds,
 
     /// Length of the client and fault phase, in seconds.
@@ -55,6 +57,11 @@ struct RunArgs {
     /// Number of kv-node processes.
     #[arg(long, default_value_t = 5)]
     nodes: usize,
+
+    /// Number of spare nodes, started only when the membership fault joins
+    /// them.
+    #[arg(long, default_value_t = 2)]
+    spares: usize,
 
     /// Replicas per key (N) of the cluster.
     #[arg(long = "n", default_value_t = 3)]
@@ -95,6 +102,11 @@ struct RunArgs {
     #[arg(long, default_value_t = 60)]
     ready_timeout_secs: u64,
 
+    /// Time allowed for each wait of a membership change (the previous
+    /// change settling, the request, the change finishing), in seconds.
+    #[arg(long, default_value_t = 60)]
+    change_timeout_secs: u64,
+
     /// Shortest and longest fault window, in seconds.
     #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], default_values_t = [5, 10])]
     fault_secs: Vec<u64>,
@@ -126,7 +138,7 @@ fn parse_nemesis(text: &str) -> Result<NemesisKinds, String> {
     let mut kinds = Vec::new();
     for word in text.split(',') {
         let kind = <FaultKind as clap::ValueEnum>::from_str(word.trim(), true).map_err(|_| {
-            format!("invalid fault kind {word:?}; expected partition, kill, pause, skew or none")
+            format!("invalid fault kind {word:?}; expected partition, kill, pause, skew, membership or none")
         })?;
         kinds.push(kind);
     }
@@ -165,6 +177,7 @@ fn run_config(args: RunArgs) -> Result<RunConfig, String> {
         time_limit: Duration::from_secs(args.time_limit),
         seed: args.seed,
         nodes: args.nodes,
+        spares: args.spares,
         replicas: args.replicas,
         clients: args.clients,
         keys: args.keys,
@@ -176,6 +189,7 @@ fn run_config(args: RunArgs) -> Result<RunConfig, String> {
         quorum_timeout: Duration::from_millis(args.quorum_timeout_ms.max(1)),
         converge_timeout: Duration::from_secs(args.converge_timeout_secs),
         ready_timeout: Duration::from_secs(args.ready_timeout_secs),
+        change_timeout: Duration::from_secs(args.change_timeout_secs.max(1)),
         fault_secs: pair(&args.fault_secs, "fault-secs")?,
         healthy_secs: pair(&args.healthy_secs, "healthy-secs")?,
     })

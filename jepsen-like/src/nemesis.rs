@@ -10,7 +10,15 @@
 //! Each start and stop is a history event of process `nemesis` whose
 //! `fault` text the checkers parse: `partition <shape> [..] [..]` … `heal`,
 //! `kill n3` … `restart n3`, `pause n2` … `resume n2`, `skew n1 +30s` …
-//! `skew n1 +0`, and `heal all` once everything is healed at the end.
+//! `skew n1 +0`, `join n4` … `joined n4`, `decommission n2` … `left n2`,
+//! `remove n1` … `removed n1`, and `heal all` once everything is healed at
+//! the end.
+//!
+//! Membership changes alter which nodes later faults may target, so the
+//! generator keeps the member set as the schedule goes: a spare node that
+//! joined stays a member, and a node that left or was removed is never
+//! chosen again. A change is chosen only when it keeps at least
+//! [`ScheduleConfig::min_members`] members.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -27,6 +35,7 @@ pub enum FaultKind {
     Kill,
     Pause,
     Skew,
+    Membership,
 }
 
 impl FaultKind {
@@ -37,6 +46,7 @@ impl FaultKind {
             FaultKind::Kill => "kill",
             FaultKind::Pause => "pause",
             FaultKind::Skew => "skew",
+            FaultKind::Membership => "membership",
         }
     }
 }
@@ -70,6 +80,18 @@ pub enum Fault {
     Skew {
         offsets: Vec<(usize, i64)>,
     },
+    /// Start a spare node that joins the cluster and stays.
+    Join {
+        node: usize,
+    },
+    /// Ask a member to hand over its partitions and leave.
+    Decommission {
+        node: usize,
+    },
+    /// Kill a member and remove it from the ring.
+    Remove {
+        node: usize,
+    },
 }
 
 /// A fault and when it starts and stops, relative to the run start.
@@ -86,7 +108,13 @@ pub struct ScheduleConfig {
     pub seed: u64,
     pub time_limit: Duration,
     pub kinds: Vec<FaultKind>,
+    /// Number of nodes that are members from the start (`n1` to `n<nodes>`).
     pub nodes: usize,
+    /// Number of spare nodes (`n<nodes + 1>` onwards) that only a
+    /// membership change starts.
+    pub spares: usize,
+    /// Minimum number of members a membership change may leave.
+    pub min_members: usize,
     /// Length of the first healthy window.
     pub first_healthy: (Duration, Duration),
     /// Length of each fault window.
@@ -97,7 +125,7 @@ pub struct ScheduleConfig {
 
 impl ScheduleConfig {
     /// Default bounds: a 2–4 s healthy start, 5–10 s faults, 5–10 s
-    /// healthy windows between them.
+    /// healthy windows between them, no spare node and at least 3 members.
     pub fn new(
         seed: u64,
         time_limit: Duration,
@@ -109,6 +137,8 @@ impl ScheduleConfig {
             time_limit,
             kinds,
             nodes,
+            spares: 0,
+            min_members: 3,
             first_healthy: (Duration::from_secs(2), Duration::from_secs(4)),
             fault: (Duration::from_secs(5), Duration::from_secs(10)),
             healthy: (Duration::from_secs(5), Duration::from_secs(10)),
@@ -139,26 +169,93 @@ pub fn schedule(config: &ScheduleConfig) -> Vec<Window> {
     }
     let tail = config.healthy.0.max(Duration::from_secs(1));
     let last_end = config.time_limit.saturating_sub(tail);
+    let mut members = Members {
+        current: (1..=config.nodes).collect(),
+        spares: (config.nodes + 1..=config.nodes + config.spares).collect(),
+        min: config.min_members,
+    };
     let mut now = random_duration(&mut rng, config.first_healthy);
     while now + Duration::from_secs(1) <= last_end {
         let length = random_duration(&mut rng, config.fault);
         let end = (now + length).min(last_end);
         let kind = kinds[rng.random_range(0..kinds.len())];
-        let fault = choose_fault(&mut rng, kind, config.nodes);
-        windows.push(Window {
-            start: now,
-            end,
-            fault,
-        });
+        // With no change possible (no spare left and no member to spare),
+        // a membership window becomes a healthy stretch.
+        if let Some(fault) = choose_fault(&mut rng, kind, &mut members) {
+            windows.push(Window {
+                start: now,
+                end,
+                fault,
+            });
+        }
         now = end + random_duration(&mut rng, config.healthy);
     }
     windows
 }
 
-fn choose_fault(rng: &mut ChaCha8Rng, kind: FaultKind, nodes: usize) -> Fault {
-    let mut order: Vec<usize> = (1..=nodes).collect();
+/// The member set while the schedule is generated.
+struct Members {
+    /// Members in ascending order.
+    current: Vec<usize>,
+    /// Spare nodes not started yet, in the order they join.
+    spares: Vec<usize>,
+    min: usize,
+}
+
+/// A membership change the generator may choose.
+#[derive(Clone, Copy)]
+enum Change {
+    Join,
+    Decommission,
+    Remove,
+}
+
+/// Chooses a membership change that keeps at least `members.min` members
+/// and applies it to `members`. Returns `None` when no change is possible.
+fn choose_change(rng: &mut ChaCha8Rng, members: &mut Members) -> Option<Fault> {
+    let mut changes = Vec::new();
+    if !members.spares.is_empty() {
+        changes.push(Change::Join);
+    }
+    if members.current.len() > members.min {
+        changes.push(Change::Decommission);
+        changes.push(Change::Remove);
+    }
+    if changes.is_empty() {
+        return None;
+    }
+    let fault = match changes[rng.random_range(0..changes.len())] {
+        Change::Join => {
+            let node = members.spares.remove(0);
+            members.current.push(node);
+            members.current.sort();
+            Fault::Join { node }
+        }
+        Change::Decommission => {
+            let index = rng.random_range(0..members.current.len());
+            Fault::Decommission {
+                node: members.current.remove(index),
+            }
+        }
+        Change::Remove => {
+            let index = rng.random_range(0..members.current.len());
+            Fault::Remove {
+                node: members.current.remove(index),
+            }
+        }
+    };
+    Some(fault)
+}
+
+fn choose_fault(rng: &mut ChaCha8Rng, kind: FaultKind, members: &mut Members) -> Option<Fault> {
+    let mut order: Vec<usize> = members.current.clone();
+    let nodes = order.len();
+    if nodes == 0 {
+        return None;
+    }
     order.shuffle(rng);
-    match kind {
+    let fault = match kind {
+        FaultKind::Membership => return choose_change(rng, members),
         FaultKind::Kill => Fault::Kill { node: order[0] },
         FaultKind::Pause => Fault::Pause { node: order[0] },
         FaultKind::Skew => {
@@ -207,7 +304,8 @@ fn choose_fault(rng: &mut ChaCha8Rng, kind: FaultKind, nodes: usize) -> Fault {
                 }
             })
         }
-    }
+    };
+    Some(fault)
 }
 
 fn node_list(nodes: &[usize]) -> String {
@@ -270,6 +368,9 @@ impl Fault {
             Fault::Kill { .. } => FaultKind::Kill,
             Fault::Pause { .. } => FaultKind::Pause,
             Fault::Skew { .. } => FaultKind::Skew,
+            Fault::Join { .. } | Fault::Decommission { .. } | Fault::Remove { .. } => {
+                FaultKind::Membership
+            }
         }
     }
 
@@ -283,6 +384,9 @@ impl Fault {
                 .iter()
                 .map(|(node, secs)| format!("skew n{node} {}", crate::skew::offset_text(*secs)))
                 .collect(),
+            Fault::Join { node } => vec![format!("join n{node}")],
+            Fault::Decommission { node } => vec![format!("decommission n{node}")],
+            Fault::Remove { node } => vec![format!("remove n{node}")],
         }
     }
 
@@ -296,6 +400,9 @@ impl Fault {
                 .iter()
                 .map(|(node, _)| format!("skew n{node} +0"))
                 .collect(),
+            Fault::Join { node } => vec![format!("joined n{node}")],
+            Fault::Decommission { node } => vec![format!("left n{node}")],
+            Fault::Remove { node } => vec![format!("removed n{node}")],
         }
     }
 }
@@ -359,6 +466,117 @@ mod tests {
         assert!(schedule(&only_kill)
             .iter()
             .all(|w| w.fault.kind() == FaultKind::Kill));
+    }
+
+    fn membership_config(seed: u64) -> ScheduleConfig {
+        let mut config = ScheduleConfig::new(
+            seed,
+            Duration::from_secs(300),
+            vec![FaultKind::Membership, FaultKind::Kill, FaultKind::Partition],
+            3,
+        );
+        config.spares = 2;
+        config.min_members = 3;
+        config.fault = (Duration::from_secs(2), Duration::from_secs(3));
+        config.healthy = (Duration::from_secs(2), Duration::from_secs(3));
+        config
+    }
+
+    /// Replays `windows` on the member set and checks every fault against
+    /// it: only members are faulted, changes keep `min` members, spares
+    /// join once, departed nodes never come back.
+    fn replay_members(windows: &[Window], nodes: usize, spares: usize, min: usize) -> usize {
+        let mut members: BTreeSet<usize> = (1..=nodes).collect();
+        let mut departed = BTreeSet::new();
+        let mut changes = 0;
+        for window in windows {
+            match &window.fault {
+                Fault::Join { node } => {
+                    assert!(*node > nodes, "not a spare: {window:?}");
+                    assert!(*node <= nodes + spares, "not a spare: {window:?}");
+                    assert!(members.insert(*node), "joined twice: {window:?}");
+                    changes += 1;
+                }
+                Fault::Decommission { node } | Fault::Remove { node } => {
+                    assert!(members.remove(node), "not a member: {window:?}");
+                    assert!(members.len() >= min, "below {min} members: {window:?}");
+                    departed.insert(*node);
+                    changes += 1;
+                }
+                Fault::Kill { node } | Fault::Pause { node } => {
+                    assert!(members.contains(node), "not a member: {window:?}");
+                }
+                Fault::Skew { offsets } => {
+                    for (node, _) in offsets {
+                        assert!(members.contains(node), "not a member: {window:?}");
+                    }
+                }
+                Fault::Partition(partition) => {
+                    let blocked = partition.blocked(nodes + spares);
+                    for (index, peers) in blocked.iter().enumerate() {
+                        if !peers.is_empty() {
+                            assert!(members.contains(&(index + 1)), "{window:?}");
+                        }
+                        for peer in peers {
+                            assert!(members.contains(peer), "{window:?}");
+                        }
+                    }
+                }
+            }
+            assert!(members.is_disjoint(&departed), "{window:?}");
+        }
+        changes
+    }
+
+    #[test]
+    fn schedule_membership_targets_members_only() {
+        for seed in 0..50 {
+            let windows = schedule(&membership_config(seed));
+            replay_members(&windows, 3, 2, 3);
+        }
+    }
+
+    #[test]
+    fn schedule_membership_changes_each_kind() {
+        let mut seen = BTreeSet::new();
+        for seed in 0..50 {
+            for window in schedule(&membership_config(seed)) {
+                seen.insert(
+                    window.fault.start_texts()[0]
+                        .split(' ')
+                        .next()
+                        .map(str::to_string),
+                );
+            }
+        }
+        for verb in ["join", "decommission", "remove"] {
+            assert!(
+                seen.contains(&Some(verb.to_string())),
+                "no {verb} in 50 seeds"
+            );
+        }
+    }
+
+    #[test]
+    fn schedule_membership_without_room_skips() {
+        let mut config = membership_config(5);
+        config.kinds = vec![FaultKind::Membership];
+        config.spares = 0;
+        assert!(schedule(&config).is_empty());
+
+        // Two spares with a minimum of 3 members: at most two joins, then
+        // at most two departures, so at most four changes.
+        config.spares = 2;
+        let windows = schedule(&config);
+        let changes = replay_members(&windows, 3, 2, 3);
+        assert!((1..=4).contains(&changes), "{windows:?}");
+    }
+
+    #[test]
+    fn schedule_without_membership_unchanged_by_spares() {
+        let mut with_spares = config(7);
+        with_spares.spares = 2;
+        assert_eq!(schedule(&with_spares), schedule(&config(7)));
     }
 
     #[test]

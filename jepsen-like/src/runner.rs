@@ -27,6 +27,7 @@ use crate::checker::{
 };
 use crate::cluster::{Cluster, ClusterConfig, ClusterError, NodeLaunch, NodeStatus};
 use crate::history::Event;
+use crate::membership::{self, MembershipError};
 use crate::nemesis::{self, Fault, FaultKind, ScheduleConfig, Window};
 use crate::net::{self, NetError, Network};
 use crate::recorder::{Recorder, RecorderError};
@@ -41,7 +42,11 @@ pub struct RunConfig {
     pub nemesis: Vec<FaultKind>,
     pub time_limit: Duration,
     pub seed: u64,
+    /// Number of nodes that are members from the start.
     pub nodes: usize,
+    /// Number of spare nodes the membership fault may join; they are
+    /// created only when the nemesis includes that fault.
+    pub spares: usize,
     pub replicas: u32,
     pub clients: usize,
     pub keys: usize,
@@ -60,6 +65,10 @@ pub struct RunConfig {
     pub converge_timeout: Duration,
     /// Time allowed for the cluster to form or re-form.
     pub ready_timeout: Duration,
+    /// Time allowed for each wait of a membership change: for the previous
+    /// change to settle, for the request to be accepted and for the change
+    /// to finish.
+    pub change_timeout: Duration,
     /// Bounds of the nemesis windows.
     pub fault_secs: (u64, u64),
     pub healthy_secs: (u64, u64),
@@ -104,6 +113,8 @@ pub enum RunError {
     Skew(#[from] SkewError),
     #[error(transparent)]
     Recorder(#[from] RecorderError),
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
     #[error("cannot connect a client to {endpoints}: {source}")]
     Client {
         endpoints: String,
@@ -216,14 +227,15 @@ pub async fn run(config: RunConfig) -> Result<RunReport, RunError> {
     println!("run folder: {}", dir.display());
 
     let (tools, kinds, mut skipped) = prepare_tools(&config, &dir)?;
-    let mut cluster = start_cluster(&config, &dir, &tools).await?;
-    let addresses = cluster.addresses();
+    let spares = spare_count(&config, &kinds);
+    let mut cluster = start_cluster(&config, &dir, &tools, spares).await?;
+    let addresses = cluster.member_addresses();
     println!("cluster ready: {}", addresses.join(" "));
 
     // Clients and nemesis.
     let recorder = Arc::new(Recorder::create(&dir.join("history.jsonl"))?);
     let fault_kinds = kinds.len();
-    let windows = nemesis::schedule(&schedule_config(&config, kinds));
+    let windows = nemesis::schedule(&schedule_config(&config, kinds, spares));
     if windows.is_empty() && fault_kinds > 0 {
         let message = format!(
             "--time-limit {} s leaves no room for a fault window after the first healthy window (2 to 4 s) and before the final healthy one ({} s); running without faults",
@@ -258,7 +270,16 @@ pub async fn run(config: RunConfig) -> Result<RunReport, RunError> {
         };
         client_runs.push(workload::run_client(session, workload_config));
     }
-    let nemesis_run = run_nemesis(&windows, &mut cluster, &tools, &recorder);
+    let nemesis_run = run_nemesis(
+        &windows,
+        &mut cluster,
+        &tools,
+        &recorder,
+        NemesisTiming {
+            time_limit: config.time_limit,
+            change_timeout: config.change_timeout,
+        },
+    );
     let (_, nemesis_result) = futures::join!(futures::future::join_all(client_runs), nemesis_run);
     nemesis_result?;
 
@@ -266,12 +287,14 @@ pub async fn run(config: RunConfig) -> Result<RunReport, RunError> {
     recorder.set_phase("heal");
     heal_all(&mut cluster, &tools)?;
     recorder.nemesis("heal all".into());
-    cluster
-        .wait_ready(config.nodes, config.ready_timeout)
-        .await?;
+    cluster.wait_members_ready(config.ready_timeout).await?;
+    // A membership change may still move partitions; the final reads and
+    // replica snapshots need the ring it ends with.
+    cluster.wait_ring_settled(config.ready_timeout).await?;
 
-    let final_client = connect(&addresses, client_options).await?;
-    let final_state = read_final_state(&config, &dir, &addresses, final_client, &recorder).await?;
+    let final_client = connect(&cluster.member_addresses(), client_options).await?;
+    let names = cluster.addresses();
+    let final_state = read_final_state(&config, &dir, &names, final_client, &recorder).await?;
     final_state
         .save(&dir.join("final-state.json"))
         .map_err(|error| RunError::FinalState(error.to_string()))?;
@@ -300,10 +323,10 @@ fn validate(config: &RunConfig) -> Result<(), RunError> {
             config.nodes, config.clients, config.keys
         )));
     }
-    if config.nodes > 200 {
+    if config.nodes + config.spares > 200 {
         return Err(RunError::Invalid(format!(
-            "--nodes {} is too many; give at most 200 because node addresses end in 11 to 210 of one /24",
-            config.nodes
+            "--nodes {} plus --spares {} is too many; give at most 200 in all because node addresses end in 11 to 210 of one /24",
+            config.nodes, config.spares
         )));
     }
     Ok(())
@@ -324,7 +347,10 @@ fn prepare_tools(
     };
     if kinds.contains(&FaultKind::Partition) {
         match net::partitions_unavailable_reason() {
-            None => tools.network = Some(Network::create(config.nodes)?),
+            None => {
+                let total = config.nodes + spare_count(config, &kinds);
+                tools.network = Some(Network::create(total)?)
+            }
             Some(reason) => {
                 let message = format!(
                     "network partitions need root and the ip and nft commands; running the other faults on 127.0.0.1 ({reason})"
@@ -349,15 +375,32 @@ fn prepare_tools(
     Ok((tools, kinds, skipped))
 }
 
-/// Starts the nodes: in the run's namespaces when partitions are on, else
-/// on free 127.0.0.1 ports; under libfaketime when skew is on.
-async fn start_cluster(config: &RunConfig, dir: &Path, tools: &Tools) -> Result<Cluster, RunError> {
+/// Returns the number of spare nodes to create: `config.spares` when the
+/// membership fault runs, else none.
+fn spare_count(config: &RunConfig, kinds: &BTreeSet<FaultKind>) -> usize {
+    if kinds.contains(&FaultKind::Membership) {
+        config.spares
+    } else {
+        0
+    }
+}
+
+/// Starts the members: in the run's namespaces when partitions are on, else
+/// on free 127.0.0.1 ports; under libfaketime when skew is on. The `spares`
+/// nodes after them get their address and namespace but are not started.
+async fn start_cluster(
+    config: &RunConfig,
+    dir: &Path,
+    tools: &Tools,
+    spares: usize,
+) -> Result<Cluster, RunError> {
+    let total = config.nodes + spares;
     let ports = match tools.network {
         Some(_) => Vec::new(),
-        None => free_ports(config.nodes)?,
+        None => free_ports(total)?,
     };
     let mut launches = Vec::new();
-    for node in 1..=config.nodes {
+    for node in 1..=total {
         let (address, namespace) = match &tools.network {
             Some(network) => (
                 network.node_address(node),
@@ -379,9 +422,10 @@ async fn start_cluster(config: &RunConfig, dir: &Path, tools: &Tools) -> Result<
         node_bin: config.node_bin.clone(),
         run_dir: dir.to_path_buf(),
         replicas: config.replicas,
-        // A run lasts seconds, so hinted handoff, anti-entropy and tombstone
-        // reaping run far more often than their production defaults, and
-        // repairs and purges happen within the run.
+        // A run lasts seconds, so hinted handoff, anti-entropy, tombstone
+        // reaping and partition transfers run far more often than their
+        // production defaults, and repairs, purges and membership changes
+        // finish within the run.
         extra_args: [
             "--request-timeout-ms",
             &config.quorum_timeout.as_millis().to_string(),
@@ -397,22 +441,34 @@ async fn start_cluster(config: &RunConfig, dir: &Path, tools: &Tools) -> Result<
             "4000",
             "--reap-interval-ms",
             "500",
+            "--transfer-interval-ms",
+            "200",
+            "--transfer-max-keys-per-second",
+            "200000",
         ]
         .iter()
         .map(|arg| arg.to_string())
         .collect(),
         ready_timeout: config.ready_timeout,
     };
-    Ok(Cluster::start(cluster_config, launches).await?)
+    Ok(Cluster::start_with_spares(cluster_config, launches, config.nodes).await?)
 }
 
-fn schedule_config(config: &RunConfig, kinds: BTreeSet<FaultKind>) -> ScheduleConfig {
+fn schedule_config(
+    config: &RunConfig,
+    kinds: BTreeSet<FaultKind>,
+    spares: usize,
+) -> ScheduleConfig {
     let mut schedule = ScheduleConfig::new(
         config.seed,
         config.time_limit,
         kinds.into_iter().collect(),
         config.nodes,
     );
+    schedule.spares = spares;
+    // Every key keeps N distinct replicas, and a 3-node minimum leaves a
+    // quorum of 2 when one of them fails.
+    schedule.min_members = (config.replicas as usize).max(3);
     schedule.fault = (
         Duration::from_secs(config.fault_secs.0),
         Duration::from_secs(config.fault_secs.1),
@@ -496,6 +552,7 @@ struct RunDescription<'a> {
     seed: u64,
     time_limit_secs: u64,
     nodes: usize,
+    spares: usize,
     replicas: u32,
     clients: usize,
     keys: usize,
@@ -517,6 +574,7 @@ fn check_run(
         seed: config.seed,
         time_limit_secs: config.time_limit.as_secs(),
         nodes: config.nodes,
+        spares: config.spares,
         replicas: config.replicas,
         clients: config.clients,
         keys: config.keys,
@@ -537,13 +595,19 @@ fn summarize(
     checker_summary: &str,
 ) -> String {
     let nemesis: Vec<&str> = config.nemesis.iter().map(|kind| kind.name()).collect();
+    let spares = if config.nemesis.contains(&FaultKind::Membership) {
+        format!(" + {} spares", config.spares)
+    } else {
+        String::new()
+    };
     let mut text = format!(
-        "workload {} | nemesis {} | {} s | seed {} | {} nodes, N={} | {} clients\n",
+        "workload {} | nemesis {} | {} s | seed {} | {} nodes{}, N={} | {} clients\n",
         config.workload.name(),
         nemesis.join(","),
         config.time_limit.as_secs(),
         config.seed,
         config.nodes,
+        spares,
         config.replicas,
         config.clients
     );
@@ -606,18 +670,41 @@ async fn connect(addresses: &[String], options: ClientOptions) -> Result<Client,
         })
 }
 
+/// Time bounds of the nemesis.
+#[derive(Clone, Copy, Debug)]
+struct NemesisTiming {
+    time_limit: Duration,
+    change_timeout: Duration,
+}
+
 /// Applies the schedule: waits for each window, starts its fault, records
-/// it, waits for its end, stops it and records that.
+/// it, waits for its end, stops it and records that. A membership change
+/// instead runs until it finished, however long that takes within the
+/// change timeout. Windows that a slow change delayed past the time limit
+/// are dropped, because the clients have stopped by then.
 async fn run_nemesis(
     windows: &[Window],
     cluster: &mut Cluster,
     tools: &Tools,
     recorder: &Recorder,
+    timing: NemesisTiming,
 ) -> Result<(), RunError> {
     let started = recorder.started();
-    for window in windows {
+    for (index, window) in windows.iter().enumerate() {
         tokio::time::sleep_until((started + window.start).into()).await;
+        if started.elapsed() >= timing.time_limit {
+            tracing::warn!(
+                dropped = windows.len() - index,
+                "a membership change ran past the time limit; dropping the remaining fault windows"
+            );
+            break;
+        }
         recorder.set_phase("faults");
+        if window.fault.kind() == FaultKind::Membership {
+            membership::run_change(&window.fault, cluster, recorder, timing.change_timeout).await?;
+            tokio::time::sleep_until((started + window.end).into()).await;
+            continue;
+        }
         start_fault(&window.fault, cluster, tools)?;
         for text in window.fault.start_texts() {
             recorder.nemesis(text);
@@ -647,6 +734,8 @@ fn start_fault(fault: &Fault, cluster: &mut Cluster, tools: &Tools) -> Result<()
                 }
             }
         }
+        // Membership changes run in `membership::run_change`.
+        Fault::Join { .. } | Fault::Decommission { .. } | Fault::Remove { .. } => {}
     }
     Ok(())
 }
@@ -667,12 +756,14 @@ fn stop_fault(fault: &Fault, cluster: &mut Cluster, tools: &Tools) -> Result<(),
                 }
             }
         }
+        Fault::Join { .. } | Fault::Decommission { .. } | Fault::Remove { .. } => {}
     }
     Ok(())
 }
 
 /// Restarts killed nodes, resumes paused ones, clears every drop rule and
-/// resets every clock.
+/// resets every clock. Spares, and nodes that left or were removed, stay
+/// down.
 fn heal_all(cluster: &mut Cluster, tools: &Tools) -> Result<(), RunError> {
     for node in 1..=cluster.len() {
         match cluster.status(node) {

@@ -1,6 +1,7 @@
 //! Quick fault runs against real `kv-node` processes: one run per fault
-//! kind, each with 3 nodes and a 15 s time limit, asserting the checkers'
-//! verdicts.
+//! kind, each with 3 nodes and a 15 s time limit (25 to 30 s with
+//! membership changes, which need time to move partitions), asserting the
+//! checkers' verdicts.
 //!
 //! The runs go one at a time (a shared lock), because several clusters at
 //! once on a small machine turn slowness into timeouts. Each run stops its
@@ -41,6 +42,7 @@ fn config(workload: WorkloadKind, fault: FaultKind, seed: u64) -> RunConfig {
         time_limit: Duration::from_secs(15),
         seed,
         nodes: 3,
+        spares: 2,
         replicas: 3,
         clients: 3,
         keys: 3,
@@ -52,6 +54,7 @@ fn config(workload: WorkloadKind, fault: FaultKind, seed: u64) -> RunConfig {
         quorum_timeout: Duration::from_secs(2),
         converge_timeout: Duration::from_secs(10),
         ready_timeout: Duration::from_secs(60),
+        change_timeout: Duration::from_secs(40),
         fault_secs: (4, 6),
         // The last fault heals at least 3 s before the time limit, so the
         // failure detectors see the nodes up again before the convergence
@@ -62,24 +65,19 @@ fn config(workload: WorkloadKind, fault: FaultKind, seed: u64) -> RunConfig {
 }
 
 async fn run(workload: WorkloadKind, fault: FaultKind, seed: u64) -> RunReport {
+    run_config(config(workload, fault, seed)).await
+}
+
+/// Runs `config`, at most [`RUN_TIMEOUT`], one run at a time.
+async fn run_config(config: RunConfig) -> RunReport {
     let _serial = ONE_RUN_AT_A_TIME.lock().await;
-    let run = runner::run(config(workload, fault, seed));
-    let report = tokio::time::timeout(RUN_TIMEOUT, run)
+    let workload = config.workload.name();
+    let faults: Vec<&str> = config.nemesis.iter().map(|kind| kind.name()).collect();
+    let faults = faults.join(",");
+    let report = tokio::time::timeout(RUN_TIMEOUT, runner::run(config))
         .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "{} run with {} faults exceeded {RUN_TIMEOUT:?}",
-                workload.name(),
-                fault.name()
-            )
-        })
-        .unwrap_or_else(|error| {
-            panic!(
-                "{} run with {} faults failed: {error}",
-                workload.name(),
-                fault.name()
-            )
-        });
+        .unwrap_or_else(|_| panic!("{workload} run with {faults} faults exceeded {RUN_TIMEOUT:?}"))
+        .unwrap_or_else(|error| panic!("{workload} run with {faults} faults failed: {error}"));
     println!("{}", report.summary);
     println!("run folder: {}", report.dir.display());
     report
@@ -247,6 +245,96 @@ async fn partition_delete_valid() {
     }
     let report = run(WorkloadKind::Delete, FaultKind::Partition, 7).await;
     assert_ran(&report, "partition");
+    assert_safe(&report);
+    assert_valid(&report);
+}
+
+// Membership runs: 3 members and 2 spares. The first change is always a
+// join, because 3 members is the minimum. Each seed below was chosen so
+// that its schedule also makes a member leave. Seed 2 joins n4 and removes
+// n2, and seed 12 joins n4, decommissions n2 and joins n5.
+
+/// Returns the run settings of a membership run of `time_limit` seconds.
+fn membership_config(
+    workload: WorkloadKind,
+    faults: Vec<FaultKind>,
+    seed: u64,
+    time_limit: u64,
+) -> RunConfig {
+    let mut config = config(workload, FaultKind::Membership, seed);
+    config.nemesis = faults;
+    config.time_limit = Duration::from_secs(time_limit);
+    config
+}
+
+/// Returns the end events (`joined`, `left`, `removed`) of the changes
+/// that finished.
+fn finished_changes(report: &RunReport) -> Vec<String> {
+    report
+        .events
+        .iter()
+        .filter_map(|event| event.fault.clone())
+        .filter(|text| {
+            ["joined ", "left ", "removed "]
+                .iter()
+                .any(|verb| text.starts_with(verb))
+        })
+        .collect()
+}
+
+/// Asserts that a node joined and another one left or was removed.
+fn assert_changes(report: &RunReport) {
+    let changes = finished_changes(report);
+    assert!(
+        changes.iter().any(|text| text.starts_with("joined ")),
+        "no join finished in {}: {changes:?}",
+        report.dir.display()
+    );
+    assert!(
+        changes
+            .iter()
+            .any(|text| text.starts_with("left ") || text.starts_with("removed ")),
+        "no member left in {}: {changes:?}",
+        report.dir.display()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_set_valid() {
+    let config = membership_config(WorkloadKind::Set, vec![FaultKind::Membership], 2, 25);
+    let report = run_config(config).await;
+    assert_ran(&report, "join");
+    assert_ran(&report, "remove");
+    assert_changes(&report);
+    assert_safe(&report);
+    assert_valid(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_delete_valid() {
+    let config = membership_config(WorkloadKind::Delete, vec![FaultKind::Membership], 12, 25);
+    let report = run_config(config).await;
+    assert_ran(&report, "join");
+    assert_ran(&report, "decommission");
+    assert_changes(&report);
+    assert_safe(&report);
+    assert_valid(&report);
+}
+
+// Seed 18 with these three kinds: partition isolate [n3] [n1 n2], kill n2,
+// join n4 right after n2's restart, then partition halves [n1 n2] [n3 n4]
+// with the joined node on one side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_kill_partition_set_valid() {
+    if partitions_skipped() {
+        return;
+    }
+    let faults = vec![FaultKind::Membership, FaultKind::Kill, FaultKind::Partition];
+    let config = membership_config(WorkloadKind::Set, faults, 18, 30);
+    let report = run_config(config).await;
+    assert_ran(&report, "kill");
+    assert_ran(&report, "partition");
+    assert_ran(&report, "joined");
     assert_safe(&report);
     assert_valid(&report);
 }
