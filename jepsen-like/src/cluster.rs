@@ -3,8 +3,8 @@
 //!
 //! Each node has its own data directory (`<run>/n<i>/data`) and log file
 //! (`<run>/n<i>.log`). Node 1 creates the cluster; the others join through
-//! it, one at a time, because a join is accepted only while no member stores
-//! data. A restarted node keeps its data directory and gets every other
+//! it one at a time, each in the ring before the next starts, so every run
+//! forms its cluster the same way. A restarted node keeps its data directory and gets every other
 //! member as seed, so it rejoins whichever of them is up.
 //!
 //! Spare nodes are not started with the cluster. [`Cluster::join`] starts
@@ -189,7 +189,7 @@ impl Cluster {
         for node in 1..=count {
             cluster.spawn(node, node > 1)?;
             // Joins are one at a time: the first node must have created the
-            // cluster, and each joiner must be in the ring before the next.
+            // cluster, and each joiner is in the ring before the next starts.
             cluster
                 .wait_ready(node, cluster.config.ready_timeout)
                 .await?;
