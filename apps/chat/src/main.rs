@@ -1,0 +1,3 @@
+//! The chat app of ringkv (work in progress).
+
+fn main() {}

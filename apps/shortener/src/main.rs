@@ -1,0 +1,3 @@
+//! The shortener app of ringkv (work in progress).
+
+fn main() {}
