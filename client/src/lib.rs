@@ -53,6 +53,7 @@
 mod client;
 mod context;
 mod error;
+pub mod ids;
 mod options;
 mod routing;
 mod types;
