@@ -7,9 +7,10 @@
 # The first node creates the cluster; the others join through it. Starting
 # again reuses the data. Stop the cluster with scripts/stop-cluster.sh.
 #
-# A cluster that holds data cannot grow yet (moving partitions to a new node
-# is not built): to change the number of nodes, stop the cluster and remove
-# .cluster/ first.
+# Starting a running cluster with a larger NODES adds nodes: the new ones
+# join and receive their share of the partitions (the wait below allows 60 s
+# for that). To take nodes out, use `kv-cli decommission`; this script only
+# starts nodes.
 #
 # Environment: BASE_PORT, CARGO_TARGET_DIR, RINGKV_NODE_ARGS (extra kv-node
 # flags, e.g. "--engine sled"), RINGKV_PROFILE (release, the default, or
