@@ -28,6 +28,11 @@ pub struct AppState {
     pub ids: Arc<IdGenerator>,
     /// Bucket width given to new channels, in milliseconds.
     pub bucket_ms: u64,
+    /// Ids of the channels this instance stored a message in, for the
+    /// WebSocket streams.
+    pub appended: tokio::sync::broadcast::Sender<u64>,
+    /// Turns true when the server shuts down, which ends every stream.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -42,6 +47,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/api/v1/channels/{channel_id}/messages/since",
             get(messages_since),
+        )
+        .route(
+            "/api/v1/channels/{channel_id}/stream",
+            get(crate::stream::stream),
         )
         .route(
             "/api/v1/channels/{channel_id}/read-cursor/{user_id}",
@@ -59,7 +68,8 @@ async fn index() -> &'static str {
      GET  /api/v1/channels/{id}/messages?before=&limit=    newest first\n\
      GET  /api/v1/channels/{id}/messages/since?after=&limit= oldest first\n\
      GET  /api/v1/channels/{id}/read-cursor/{user}\n\
-     PUT  /api/v1/channels/{id}/read-cursor/{user}         {\"message_id\":...}\n"
+     PUT  /api/v1/channels/{id}/read-cursor/{user}         {\"message_id\":...}\n\
+     GET  /api/v1/channels/{id}/stream?after=              WebSocket of new messages\n"
 }
 
 /// An error reply: a status code and a JSON body `{"error": message}`.
@@ -118,9 +128,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn parse_id(text: &str, what: &str) -> Result<u64, ApiError> {
+pub(crate) fn parse_id(text: &str, field: &str) -> Result<u64, ApiError> {
     text.parse::<u64>().map_err(|_| {
-        ApiError::bad_request(format!("invalid {what} {text:?}: expected a decimal id"))
+        ApiError::bad_request(format!("invalid {field} {text:?}: expected a decimal id"))
     })
 }
 
@@ -136,7 +146,10 @@ fn next_id(ids: &IdGenerator) -> Result<u64, ApiError> {
     })
 }
 
-async fn load_channel(state: &AppState, channel_id: &str) -> Result<Arc<Channel>, ApiError> {
+pub(crate) async fn load_channel(
+    state: &AppState,
+    channel_id: &str,
+) -> Result<Arc<Channel>, ApiError> {
     let channel_id = parse_id(channel_id, "channel id")?;
     state
         .store
@@ -203,6 +216,8 @@ async fn send_message(
         created_at: id_timestamp_ms(message_id),
     };
     state.store.append_message(&channel, &message).await?;
+    // Sending fails only when no stream listens, which needs no action.
+    let _ = state.appended.send(channel.channel_id);
     Ok((StatusCode::CREATED, Json(message)))
 }
 

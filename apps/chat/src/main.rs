@@ -5,6 +5,7 @@
 mod api;
 mod model;
 mod store;
+mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +19,10 @@ use kv_apps_common::worker::claim_worker;
 
 /// Default width of a history bucket: one hour.
 const DEFAULT_BUCKET_MS: u64 = 3_600_000;
+
+/// Notices of appended messages buffered for each slow stream; a stream
+/// that falls further behind polls the cluster at once.
+const STREAM_NOTICE_CAPACITY: usize = 1024;
 
 /// Chat history service on a ringkv cluster.
 #[derive(Debug, Parser)]
@@ -59,10 +64,13 @@ async fn main() -> anyhow::Result<()> {
     // The renewal stops when `release` runs at shutdown.
     lease.spawn_renewal();
 
+    let (shutdown_sender, shutdown) = tokio::sync::watch::channel(false);
     let state = Arc::new(api::AppState {
         store: store::ChatStore::new(client),
         ids: lease.generator(),
         bucket_ms: args.bucket_ms,
+        appended: tokio::sync::broadcast::channel(STREAM_NOTICE_CAPACITY).0,
+        shutdown,
     });
     let limit = Arc::new(RateLimit::new(
         args.limits.rate_limit_per_second,
@@ -79,7 +87,12 @@ async fn main() -> anyhow::Result<()> {
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        // Open WebSocket streams would keep the graceful shutdown waiting.
+        shutdown_sender.send_replace(true);
+    })
     .await
     .context("HTTP server failed")?;
 

@@ -253,6 +253,17 @@ impl ChatStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
+        let ids = self.ids_after(channel, after, limit).await?;
+        self.fetch_messages(channel.channel_id, &ids).await
+    }
+
+    /// Returns up to `limit` message ids above `after`, in increasing order.
+    pub async fn ids_after(
+        &self,
+        channel: &Channel,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
         let first_bucket = bucket_of(after, channel.bucket_ms);
         let buckets = self.read_set(&bucket_index_key(channel.channel_id)).await?;
 
@@ -268,7 +279,7 @@ impl ChatStore {
                 break;
             }
         }
-        self.fetch_messages(channel.channel_id, &ids).await
+        Ok(ids)
     }
 
     /// Reads a user's read cursor; 0 when the user has read nothing.
@@ -410,7 +421,7 @@ impl ChatStore {
     }
 
     /// Reads the bodies of `ids`, keeping their order.
-    async fn fetch_messages(
+    pub async fn fetch_messages(
         &self,
         channel_id: u64,
         ids: &[u64],

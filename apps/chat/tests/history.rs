@@ -487,3 +487,96 @@ async fn read_cursor_and_request_errors() {
         );
     }
 }
+
+async fn send_message(
+    http: &reqwest::Client,
+    base: &str,
+    channel: u64,
+    user: &str,
+    content: &str,
+) -> u64 {
+    let response = http
+        .post(format!("{base}/api/v1/channels/{channel}/messages"))
+        .json(&json!({ "user_id": user, "content": content }))
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("send {content}: {error}"));
+    assert_eq!(response.status(), StatusCode::CREATED, "send {content}");
+    let message: Value = response.json().await.expect("message JSON");
+    id_of(&message["message_id"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_sends_each_message_once() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as Frame;
+
+    let cluster = TestCluster::start(3).await;
+    let endpoints = cluster.addresses();
+    let root = cluster.root.path().to_path_buf();
+    let mut args = vec!["--bucket-ms", TEST_BUCKET_MS];
+    args.extend(HIGH_LIMITS);
+    let app_a = start_chat(&root, "chat-a", &endpoints, 5, &args).await;
+    let mut app_b = start_chat(&root, "chat-b", &endpoints, 6, &args).await;
+    let base_a = format!("http://{}", app_a.address);
+    let base_b = format!("http://{}", app_b.address);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("HTTP client");
+    let channel = create_group(&http, &base_a, &["alice", "bob"]).await;
+
+    // m-0 is before the stream's cursor; m-1 is after it but sent before
+    // the stream opens, so the stream's first read must deliver it.
+    let cursor = send_message(&http, &base_a, channel, "alice", "m-0").await;
+    send_message(&http, &base_b, channel, "bob", "m-1").await;
+    let url = format!(
+        "ws://{}/api/v1/channels/{channel}/stream?after={cursor}",
+        app_b.address
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("open the stream");
+
+    // Messages through instance A reach B's stream by polling, those
+    // through B by its own notice.
+    for index in 2..8 {
+        let (base, user) = if index % 2 == 0 {
+            (&base_a, "alice")
+        } else {
+            (&base_b, "bob")
+        };
+        send_message(&http, base, channel, user, &format!("m-{index}")).await;
+    }
+
+    let mut delivered = Vec::new();
+    while delivered.len() < 7 {
+        let frame = tokio::time::timeout(Duration::from_secs(30), socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("no frame within 30 s; received {delivered:?}"))
+            .expect("stream open")
+            .expect("frame");
+        if let Frame::Text(text) = frame {
+            let message: Value = serde_json::from_str(text.as_str()).expect("message JSON");
+            delivered.push(received(&message));
+        }
+    }
+    let contents: Vec<&str> = delivered
+        .iter()
+        .map(|message| message.content.as_str())
+        .collect();
+    let expected: Vec<String> = (1..8).map(|index| format!("m-{index}")).collect();
+    assert_eq!(contents, expected, "stream content or order");
+
+    // Later polls read the same ids again and must not send them twice:
+    // nothing arrives during three poll intervals.
+    let extra = tokio::time::timeout(Duration::from_secs(3), socket.next()).await;
+    if let Ok(Some(Ok(Frame::Text(text)))) = extra {
+        panic!("stream sent a message twice or unexpectedly: {text}");
+    }
+
+    // A shutdown closes the open stream instead of waiting for it.
+    let status = app_b.terminate(Duration::from_secs(20));
+    let status = status.expect("kv-chat exits within 20 s of SIGTERM with a stream open");
+    assert!(status.success(), "kv-chat exit status {status}");
+}

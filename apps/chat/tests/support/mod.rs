@@ -72,6 +72,27 @@ impl Process {
         }
     }
 
+    /// Sends SIGTERM and waits up to `within` for the process to exit.
+    /// Returns its exit status, or `None` when it had to be killed.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: plain kill(2) on the PID of a child this harness started
+        // and has not reaped yet.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
@@ -186,7 +207,7 @@ pub async fn start_chat(
 }
 
 /// Polls `condition` every 100 ms until it holds; panics after `within`.
-pub async fn wait_until<F, Fut>(within: Duration, what: &str, mut condition: F)
+pub async fn wait_until<F, Fut>(within: Duration, description: &str, mut condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -198,7 +219,7 @@ where
         }
         assert!(
             Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
+            "timed out after {within:?} waiting for {description}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
