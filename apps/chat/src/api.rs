@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -122,6 +123,26 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// Keeps the status of a body that is not valid JSON for the call (400,
+/// 415 or 422) but returns the reason in the JSON error shape.
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> ApiError {
+        ApiError {
+            status: rejection.status(),
+            message: format!("invalid request body: {}", rejection.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> ApiError {
+        ApiError {
+            status: rejection.status(),
+            message: format!("invalid query string: {}", rejection.body_text()),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(json!({ "error": self.message }))).into_response()
@@ -170,8 +191,9 @@ fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
 
 async fn create_channel(
     State(state): State<Arc<AppState>>,
-    Json(request): Json<CreateChannel>,
+    request: Result<Json<CreateChannel>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Channel>), ApiError> {
+    let Json(request) = request?;
     let members =
         normalize_members(request.kind, &request.members).map_err(ApiError::bad_request)?;
     let channel_id = next_id(&state.ids)?;
@@ -198,8 +220,9 @@ async fn get_channel(
 async fn send_message(
     State(state): State<Arc<AppState>>,
     Path(channel_id): Path<String>,
-    Json(request): Json<SendMessage>,
+    request: Result<Json<SendMessage>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Message>), ApiError> {
+    let Json(request) = request?;
     validate_user_id(&request.user_id).map_err(ApiError::bad_request)?;
     validate_content(&request.content).map_err(ApiError::bad_request)?;
     let channel = load_channel(&state, &channel_id).await?;
@@ -238,8 +261,9 @@ struct HistoryPage {
 async fn history(
     State(state): State<Arc<AppState>>,
     Path(channel_id): Path<String>,
-    Query(query): Query<HistoryQuery>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<HistoryPage>, ApiError> {
+    let Query(query) = query?;
     let limit = page_limit(query.limit)?;
     let before = match query.before.as_deref() {
         None | Some("") => None,
@@ -276,8 +300,9 @@ struct SincePage {
 async fn messages_since(
     State(state): State<Arc<AppState>>,
     Path(channel_id): Path<String>,
-    Query(query): Query<SinceQuery>,
+    query: Result<Query<SinceQuery>, QueryRejection>,
 ) -> Result<Json<SincePage>, ApiError> {
+    let Query(query) = query?;
     let limit = page_limit(query.limit)?;
     let after = match query.after.as_deref() {
         None | Some("") => 0,
@@ -337,8 +362,9 @@ async fn get_read_cursor(
 async fn put_read_cursor(
     State(state): State<Arc<AppState>>,
     Path((channel_id, user_id)): Path<(String, String)>,
-    Json(request): Json<SetReadCursor>,
+    request: Result<Json<SetReadCursor>, JsonRejection>,
 ) -> Result<Json<ReadCursor>, ApiError> {
+    let Json(request) = request?;
     let channel = member_channel(&state, &channel_id, &user_id).await?;
     let message_id = state
         .store

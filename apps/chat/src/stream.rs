@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{Message as Frame, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
@@ -43,9 +44,10 @@ pub struct StreamQuery {
 pub async fn stream(
     State(state): State<Arc<AppState>>,
     Path(channel_id): Path<String>,
-    Query(query): Query<StreamQuery>,
+    query: Result<Query<StreamQuery>, QueryRejection>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query?;
     let channel = load_channel(&state, &channel_id).await?;
     let after = match query.after.as_deref() {
         None | Some("") => {

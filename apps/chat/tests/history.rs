@@ -386,6 +386,26 @@ async fn read_cursor_and_request_errors() {
         .expect("history with limit 0");
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 
+    // Malformed bodies and query strings get the JSON error shape too.
+    let response = http
+        .post(&messages_url)
+        .header("content-type", "application/json")
+        .body("not json")
+        .send()
+        .await
+        .expect("post malformed JSON");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let error: Value = response.json().await.expect("error JSON");
+    assert!(error["error"].is_string(), "{error}");
+    let response = http
+        .get(format!("{messages_url}?limit=many"))
+        .send()
+        .await
+        .expect("history with a non-numeric limit");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let error: Value = response.json().await.expect("error JSON");
+    assert!(error["error"].is_string(), "{error}");
+
     let mut ids = Vec::new();
     for index in 0..3 {
         let response = http
