@@ -97,7 +97,7 @@ mod tests {
                 tokio::spawn(async move { pool.run(move || i * 2).await.unwrap() })
             })
             .collect();
-        let mut sum = 0;
+        let mut sum = 0u64;
         for task in tasks {
             sum += task.await.unwrap();
         }
