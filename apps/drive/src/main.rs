@@ -1,0 +1,3 @@
+//! The drive metadata app of ringkv (work in progress).
+
+fn main() {}
