@@ -101,6 +101,6 @@ mod tests {
         for task in tasks {
             sum += task.await.unwrap();
         }
-        assert_eq!(sum, (0..200u64).map(|i| i * 2).sum());
+        assert_eq!(sum, (0..200u64).map(|i| i * 2).sum::<u64>());
     }
 }
