@@ -2,9 +2,9 @@
 # Starts the example apps against the local cluster that
 # scripts/start-cluster.sh runs, and prints their URLs.
 #
-# The URL shortener listens on 127.0.0.1:$((APP_BASE_PORT + 1)) and the chat
-# service on 127.0.0.1:$((APP_BASE_PORT + 2)) (APP_BASE_PORT defaults to
-# 8080). Each app's log goes to .apps/<app>.log and its PID to
+# The URL shortener listens on 127.0.0.1:$((APP_BASE_PORT + 1)), the chat
+# service on 127.0.0.1:$((APP_BASE_PORT + 2)) and the drive on
+# 127.0.0.1:$((APP_BASE_PORT + 3)) (APP_BASE_PORT defaults to 8080). Each app's log goes to .apps/<app>.log and its PID to
 # .apps/<app>.pid under the repository. Stop them with scripts/stop-apps.sh.
 #
 # Environment: RINGKV_ENDPOINTS (the cluster, default the three nodes of
@@ -29,7 +29,7 @@ TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 [[ "$TARGET_DIR" == /* ]] || TARGET_DIR="$ROOT/$TARGET_DIR"
 BIN="$TARGET_DIR/$PROFILE"
 
-APPS=(shortener chat)
+APPS=(shortener chat drive)
 echo "building the apps ($PROFILE)..."
 (cd "$ROOT" && cargo build --quiet "${PROFILE_FLAG[@]}" $(printf -- '-p kv-%s ' "${APPS[@]}") --bins)
 
