@@ -359,6 +359,10 @@ async fn get_read_cursor(
     }))
 }
 
+/// How far ahead of this instance's clock a read cursor's id may be, for
+/// ids issued by instances whose clocks run ahead.
+const MAX_CURSOR_AHEAD_MS: u64 = 60_000;
+
 async fn put_read_cursor(
     State(state): State<Arc<AppState>>,
     Path((channel_id, user_id)): Path<(String, String)>,
@@ -366,6 +370,18 @@ async fn put_read_cursor(
 ) -> Result<Json<ReadCursor>, ApiError> {
     let Json(request) = request?;
     let channel = member_channel(&state, &channel_id, &user_id).await?;
+    // The cursor only moves forward, so an id from the future would stick
+    // it past every message still to come.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0);
+    if id_timestamp_ms(request.message_id) > now_ms + MAX_CURSOR_AHEAD_MS {
+        return Err(ApiError::bad_request(format!(
+            "invalid message_id {}: its time is in the future, so no message can have it; pass the id of a message read from the channel",
+            request.message_id
+        )));
+    }
     let message_id = state
         .store
         .advance_read_cursor(channel.channel_id, &user_id, request.message_id)

@@ -514,20 +514,35 @@ async fn share(
         return Err(ApiError::not_found(&target.owner, &path));
     }
 
-    state
+    let shares = state
         .store
         .update(&share_key(&target.owner, &path), |shares: &mut Shares| {
             shares.merge_grant(&request.user, request.access);
         })
         .await?;
     record_change(&state, &target, ChangeKind::Shared, None).await?;
-    tracing::info!(owner = %target.owner, %path, grantee = %request.user, access = ?request.access, "shared");
-    Ok(Json(json!({
+    // Access is never lowered (there is no unsharing yet), so the reply
+    // names the access the user has now, which may be higher than asked.
+    let access = shares
+        .grants
+        .get(&request.user)
+        .copied()
+        .unwrap_or(request.access);
+    tracing::info!(owner = %target.owner, %path, grantee = %request.user, requested = ?request.access, ?access, "shared");
+    let mut reply = json!({
         "owner": target.owner,
         "path": path,
         "user": request.user,
-        "access": request.access,
-    })))
+        "access": access,
+    });
+    if access != request.access {
+        reply["note"] = json!(format!(
+            "{} already has {} access; access is never lowered, because unsharing is not built yet",
+            request.user,
+            access.as_str()
+        ));
+    }
+    Ok(Json(reply))
 }
 
 #[derive(Deserialize)]
