@@ -21,18 +21,16 @@
 //! before it started.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
+use kv_apps_common::retry::{backoff_or_fail, with_retries};
 use kv_client::{Client, WriteOptions};
 
 use crate::model::{Channel, Message};
 use kv_apps_common::ids::id_timestamp_ms;
 
-/// Time a write may spend retrying after retryable cluster errors.
-const RETRY_BUDGET: Duration = Duration::from_secs(20);
 /// Read-merge-write rounds that only collapse siblings left by concurrent
 /// writers, after the value itself was written.
 const MAX_COLLAPSE_ROUNDS: u32 = 3;
@@ -473,45 +471,6 @@ enum SetWrite {
     Done,
     /// The set contains the id, next to siblings of concurrent writers.
     Siblings,
-}
-
-/// Runs `op` until it succeeds, retrying retryable errors within
-/// [`RETRY_BUDGET`]. Only for idempotent writes.
-async fn with_retries<T, F, Fut>(key: &str, mut op: F) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, kv_client::Error>>,
-{
-    let started = Instant::now();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match op().await {
-            Ok(value) => return Ok(value),
-            Err(error) => backoff_or_fail(key, error, started, attempt).await?,
-        }
-    }
-}
-
-/// Sleeps before the next attempt when `error` is retryable and the retry
-/// budget allows; otherwise returns the error.
-async fn backoff_or_fail(
-    key: &str,
-    error: kv_client::Error,
-    started: Instant,
-    attempt: u32,
-) -> Result<(), StoreError> {
-    // A sibling cap is cleared by the read-merge-write of the next round.
-    let retryable =
-        error.is_retryable() || matches!(error, kv_client::Error::FailedPrecondition { .. });
-    if !retryable || started.elapsed() >= RETRY_BUDGET {
-        tracing::warn!(key, attempt, %error, "cluster write failed; giving up");
-        return Err(StoreError::Cluster(error));
-    }
-    let pause = Duration::from_millis(50u64 << attempt.min(5));
-    tracing::info!(key, attempt, %error, ?pause, "cluster write failed; retrying");
-    tokio::time::sleep(pause).await;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -5,16 +5,14 @@
 //! replicas) and every read the cluster's R=2, so a read sees every write
 //! acknowledged before it started.
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use kv_apps_common::retry::{backoff_or_fail, with_retries};
 use kv_client::{Client, WriteOptions};
 use sha2::{Digest, Sha256};
 
 use crate::model::Mergeable;
 
-/// Time a request may spend retrying after retryable cluster errors.
-const RETRY_BUDGET: Duration = Duration::from_secs(20);
 /// Read-merge-write rounds that only collapse siblings left by concurrent
 /// writers, after the update itself was written.
 const MAX_COLLAPSE_ROUNDS: u32 = 3;
@@ -111,6 +109,7 @@ impl DriveStore {
             Ok(BlockWrite::Written)
         })
         .await
+        .map_err(StoreError::from)
     }
 
     /// Reads a block and checks it against its hash.
@@ -226,45 +225,6 @@ fn merge_siblings<T: Mergeable>(key: &str, siblings: &[Vec<u8>]) -> T {
         }
     }
     merged
-}
-
-/// Runs `op` until it succeeds, retrying retryable errors within
-/// [`RETRY_BUDGET`]. Only for idempotent operations.
-async fn with_retries<T, F, Fut>(key: &str, mut op: F) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, kv_client::Error>>,
-{
-    let started = Instant::now();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match op().await {
-            Ok(value) => return Ok(value),
-            Err(error) => backoff_or_fail(key, error, started, attempt).await?,
-        }
-    }
-}
-
-/// Sleeps before the next attempt when `error` is retryable and the retry
-/// budget allows; otherwise returns the error.
-async fn backoff_or_fail(
-    key: &str,
-    error: kv_client::Error,
-    started: Instant,
-    attempt: u32,
-) -> Result<(), StoreError> {
-    // A sibling cap is cleared by the read-merge-write of the next round.
-    let retryable =
-        error.is_retryable() || matches!(error, kv_client::Error::FailedPrecondition { .. });
-    if !retryable || started.elapsed() >= RETRY_BUDGET {
-        tracing::warn!(key, attempt, %error, "cluster request failed; giving up");
-        return Err(StoreError::Cluster(error));
-    }
-    let pause = Duration::from_millis(50u64 << attempt.min(5));
-    tracing::info!(key, attempt, %error, ?pause, "cluster request failed; retrying");
-    tokio::time::sleep(pause).await;
-    Ok(())
 }
 
 #[cfg(test)]
