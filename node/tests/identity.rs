@@ -4,25 +4,8 @@
 
 mod common;
 
-use common::{TestCluster, TestNode, TEST_DEADLINE};
+use common::{expect_refused, TestCluster, TestNode, TEST_DEADLINE};
 use std::time::Duration;
-
-/// Waits for a node that should be refused to exit, and returns its log.
-fn expect_refused(node: &mut TestNode, needle: &str) -> String {
-    let status = node
-        .wait_exit(Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("the node was not refused within 30 s; log:\n{}", node.log()));
-    assert!(
-        !status.success(),
-        "a refused node exits with a failure status"
-    );
-    let log = node.log();
-    assert!(
-        log.contains(needle),
-        "the log does not say {needle:?}:\n{log}"
-    );
-    log
-}
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).expect("create copy");

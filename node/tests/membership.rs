@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{admin, members, status, wait_until, TestCluster, TestNode, TEST_DEADLINE};
+use common::{
+    admin, expect_refused, members, status, wait_until, TestCluster, TestNode, TEST_DEADLINE,
+};
 use futures::stream::{self, StreamExt};
 use kv_client::{format_node_id, Client, NodeId, ReplicaState};
 use kv_cluster::ring::Ring;
@@ -248,6 +250,14 @@ async fn wait_every_copy(
     }
 }
 
+/// Starts a node named `name` with `flags` that joins through `seed`.
+fn spawn_joiner(cluster: &TestCluster, name: &str, seed: &str, flags: &[&str]) -> TestNode {
+    let mut joiner = TestNode::new(cluster.root.path(), name, vec![seed.to_string()]);
+    joiner.extra_args = flags.iter().map(|flag| flag.to_string()).collect();
+    joiner.spawn();
+    joiner
+}
+
 /// Asserts that every node holds within 1.10 times the mean number of
 /// partition replicas.
 fn assert_balanced(ring: &Ring) {
@@ -282,13 +292,7 @@ async fn join_under_writes_places_every_key() {
         );
 
         let writer = start_writer(client.clone());
-        let mut joiner = TestNode::new(
-            cluster.root.path(),
-            "node3",
-            vec![cluster.nodes[0].address.clone()],
-        );
-        joiner.extra_args = FLAGS.iter().map(|flag| flag.to_string()).collect();
-        joiner.spawn();
+        let joiner = spawn_joiner(&cluster, "node3", &cluster.nodes[0].address, FLAGS);
         cluster.nodes.push(joiner);
 
         let ring = wait_change_complete(&cluster.addresses(), 4, Duration::from_secs(120)).await;
@@ -318,13 +322,7 @@ async fn two_joins_share_one_plan() {
 
         let mut joiners = Vec::new();
         for name in ["node3", "node4"] {
-            let mut joiner = TestNode::new(
-                cluster.root.path(),
-                name,
-                vec![cluster.nodes[0].address.clone()],
-            );
-            joiner.extra_args = FLAGS.iter().map(|flag| flag.to_string()).collect();
-            joiner.spawn();
+            let joiner = spawn_joiner(&cluster, name, &cluster.nodes[0].address, FLAGS);
             joiners.push(joiner);
         }
         let joiner_ids = [
@@ -433,15 +431,7 @@ async fn decommission_hands_over_every_key() {
 
         // Started again on its old data, it is refused.
         cluster.nodes[3].spawn();
-        let status = cluster.nodes[3]
-            .wait_exit(Duration::from_secs(30))
-            .expect("the node that left is refused at start");
-        assert!(!status.success());
-        assert!(
-            cluster.nodes[3].log().contains("was decommissioned"),
-            "{}",
-            cluster.nodes[3].log()
-        );
+        expect_refused(&mut cluster.nodes[3], "was decommissioned");
     })
     .await
     .expect("test timed out");
@@ -487,15 +477,7 @@ async fn removed_node_rebuilt_from_survivors() {
 
         // Back with its old data directory, the removed node is refused.
         cluster.nodes[3].spawn();
-        let status = cluster.nodes[3]
-            .wait_exit(Duration::from_secs(30))
-            .expect("the removed node is refused at start");
-        assert!(!status.success());
-        assert!(
-            cluster.nodes[3].log().contains("was removed"),
-            "{}",
-            cluster.nodes[3].log()
-        );
+        expect_refused(&mut cluster.nodes[3], "was removed");
     })
     .await
     .expect("test timed out");
@@ -529,9 +511,7 @@ async fn marked_down_claimant_unblocks_plans() {
             .filter(|address| *address != claimant_address)
             .collect();
 
-        let mut joiner = TestNode::new(cluster.root.path(), "node4", vec![survivors[0].clone()]);
-        joiner.extra_args = FLAGS.iter().map(|flag| flag.to_string()).collect();
-        joiner.spawn();
+        let joiner = spawn_joiner(&cluster, "node4", &survivors[0], FLAGS);
         let joiner_id = id_of_when_up(&joiner.address).await;
         cluster.nodes.push(joiner);
 
@@ -642,13 +622,7 @@ async fn stale_coordinator_reaches_new_owners() {
         let old_ring = ring_of(&stale).await.expect("ring");
         std::fs::write(&freeze, b"held").expect("create the freeze file");
 
-        let mut joiner = TestNode::new(
-            cluster.root.path(),
-            "node4",
-            vec![cluster.nodes[0].address.clone()],
-        );
-        joiner.extra_args = FLAGS.iter().map(|flag| flag.to_string()).collect();
-        joiner.spawn();
+        let joiner = spawn_joiner(&cluster, "node4", &cluster.nodes[0].address, FLAGS);
         cluster.nodes.push(joiner);
         let fresh: Vec<String> = cluster
             .addresses()
@@ -726,13 +700,7 @@ async fn dead_joiner_cancelled_by_remove() {
         let client = cluster.client().await;
         let keys = load(&client, "key-", 0..8_000).await;
 
-        let mut joiner = TestNode::new(
-            cluster.root.path(),
-            "node3",
-            vec![cluster.nodes[0].address.clone()],
-        );
-        joiner.extra_args = slow.iter().map(|flag| flag.to_string()).collect();
-        joiner.spawn();
+        let joiner = spawn_joiner(&cluster, "node3", &cluster.nodes[0].address, &slow);
         let joiner_id = id_of_when_up(&joiner.address).await;
         cluster.nodes.push(joiner);
 

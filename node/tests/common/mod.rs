@@ -154,6 +154,23 @@ impl Drop for TestNode {
     }
 }
 
+/// Waits for a node that should be refused to exit, and returns its log.
+pub fn expect_refused(node: &mut TestNode, needle: &str) -> String {
+    let status = node
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the node was not refused within 30 s; log:\n{}", node.log()));
+    assert!(
+        !status.success(),
+        "a refused node exits with a failure status"
+    );
+    let log = node.log();
+    assert!(
+        log.contains(needle),
+        "the log does not say {needle:?}:\n{log}"
+    );
+    log
+}
+
 /// A cluster of node processes in one temporary directory.
 pub struct TestCluster {
     pub root: tempfile::TempDir,
