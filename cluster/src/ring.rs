@@ -107,7 +107,7 @@ impl Move {
             .collect()
     }
 
-    /// Every node of either list, current list first.
+    /// Returns every node of either list, current list first.
     pub fn union(&self) -> Vec<NodeId> {
         let mut all = self.old.clone();
         all.extend(self.receivers());
@@ -128,7 +128,7 @@ pub struct WriteSets {
 }
 
 impl WriteSets {
-    /// The write sets of `partition` in `ring`.
+    /// Returns the write sets of `partition` in `ring`.
     pub fn of(ring: &Ring, partition: u32) -> WriteSets {
         match ring.moving(partition) {
             Some(moving) => WriteSets {
@@ -142,7 +142,7 @@ impl WriteSets {
         }
     }
 
-    /// Every node a write goes to, current list first.
+    /// Returns every node a write goes to, current list first.
     pub fn targets(&self) -> Vec<NodeId> {
         let mut all = self.old.clone();
         for node in self.new.iter().flatten() {
@@ -163,7 +163,7 @@ impl WriteSets {
         }
     }
 
-    /// True when `acked` holds W nodes of each list.
+    /// Returns true when `acked` contains W nodes of each list.
     pub fn satisfied(&self, acked: &[NodeId], w: usize) -> bool {
         self.counted(acked) >= w
     }
@@ -230,8 +230,8 @@ impl Ring {
         walk(claim, partition as usize, self.replicas as usize)
     }
 
-    /// The owners whose walk gives `partition`'s list: the planned ones
-    /// once the partition is marked done, else the current ones.
+    /// Returns the owners whose walk gives `partition`'s list: the planned
+    /// ones once the partition is marked done, else the current ones.
     fn claim_of(&self, partition: u32) -> &[NodeId] {
         match &self.plan {
             Some(plan) if plan.done.contains(&partition) => &plan.owners,
@@ -239,9 +239,9 @@ impl Ring {
         }
     }
 
-    /// The current and planned lists of `partition` while it is moving:
-    /// a plan runs, the partition is not done, and the two lists hold
-    /// different nodes. `None` otherwise.
+    /// Returns the current and planned lists of `partition` while it is
+    /// moving: a plan runs, the partition is not done, and the two lists
+    /// contain different nodes. `None` otherwise.
     pub fn moving(&self, partition: u32) -> Option<Move> {
         let plan = self.plan.as_ref()?;
         let q = self.owners.len();
@@ -260,7 +260,7 @@ impl Ring {
         (old_set != new_set).then_some(Move { old, new })
     }
 
-    /// Every partition that is moving, in index order.
+    /// Returns every partition that is moving, in index order.
     pub fn moving_partitions(&self) -> Vec<u32> {
         if self.plan.is_none() {
             return Vec::new();
@@ -279,8 +279,8 @@ impl Ring {
         }
     }
 
-    /// The ring the plan leads to, as it will be when the plan ends:
-    /// planned owners, no plan. `None` without a plan.
+    /// Returns the ring the plan leads to, as it will be when the plan
+    /// ends: planned owners, no plan. `None` without a plan.
     pub fn planned(&self) -> Option<Ring> {
         let plan = self.plan.as_ref()?;
         let mut next = self.clone();
@@ -1260,8 +1260,8 @@ mod tests {
         assert_eq!(Ring::decode(&ring.encode()), Ok(ring));
     }
 
-    /// A ring of `nodes` nodes and a plan that adds `joining` and removes
-    /// `leaving`, as the claimant makes it.
+    /// Builds a ring of `nodes` nodes and the plan that adds `joining` and
+    /// removes `leaving`, as the claimant makes it.
     fn planned(nodes: u64, joining: &[NodeId], leaving: &[NodeId]) -> (Ring, Ring) {
         let before = grow(256, 3, nodes).pop().expect("a ring");
         let target = before
@@ -1349,7 +1349,7 @@ mod tests {
     #[test]
     fn another_claimant_finishes_a_plan() {
         // The claimant that started the plan dies after marking a few
-        // partitions done; the next claimant marks the rest from the ring
+        // partitions done. The next claimant marks the rest from the ring
         // it received, and the plan ends where the first one aimed.
         let (_, ring) = planned(4, &[node_id(4)], &[]);
         let target = ring.planned().expect("planned ring");

@@ -1,6 +1,6 @@
 //! Operator commands that change membership: decommission, remove and
-//! mark down. Each only records the operator's decision (in this node's own
-//! entry, or in a grow-only set carried by gossip); the claimant turns it
+//! mark down. Each only records the operator's decision, in this node's own
+//! entry or in a grow-only set carried by gossip. The claimant turns it
 //! into a plan, and the transfers move the data (see `transfer.rs`).
 
 use crate::node::Node;
@@ -14,22 +14,22 @@ impl Node {
     /// the claimant plans its partitions onto the other nodes. Idempotent.
     pub async fn decommission(self: &Arc<Self>) -> Result<String, Status> {
         let me = self.node_id();
-        let shown = self.describe_node(me);
+        let described = self.describe_node(me);
         let ring = self.view.ring();
         if self.view.own_status() == MemberStatus::Leaving {
             return Ok(format!(
-                "node {shown} is already leaving; follow the transfers with `kv-cli status`"
+                "node {described} is already leaving; follow the transfers with `kv-cli status`"
             ));
         }
         if !ring.nodes().contains(&me) {
             return Err(Status::failed_precondition(format!(
-                "node {shown} owns no partition yet (it is still joining), so there is nothing to hand over; stop it instead"
+                "node {described} owns no partition yet (it is still joining), so there is nothing to hand over; stop it instead"
             )));
         }
         let others = ring.nodes().into_iter().filter(|id| *id != me).count();
         if others == 0 {
             return Err(Status::failed_precondition(format!(
-                "node {shown} is the only node of cluster {}; there is no node to hand its data to. Add a node first",
+                "node {described} is the only node of cluster {}; there is no node to hand its data to. Add a node first",
                 ring.cluster_id
             )));
         }
@@ -45,7 +45,7 @@ impl Node {
         let replicas = ring.replicas_per_node().get(&me).copied().unwrap_or(0);
         tracing::info!(partition_replicas = replicas, "decommission requested; waiting for the claimant to plan this node's partitions onto the others");
         let mut message = format!(
-            "node {shown} is leaving: the claimant plans its {replicas} partition replicas onto the {others} other node(s), which copy them from it. Follow with `kv-cli ring` and `kv-cli status`; the process exits once they hold its data"
+            "node {described} is leaving: the claimant plans its {replicas} partition replicas onto the {others} other node(s), which copy them from it. Follow with `kv-cli ring` and `kv-cli status`; the process exits once they hold its data"
         );
         if others < ring.replicas as usize {
             message.push_str(&format!(
@@ -61,16 +61,16 @@ impl Node {
     /// which rebuild them from the surviving replicas.
     pub fn remove_member(self: &Arc<Self>, node: &str) -> Result<String, Status> {
         let id = self.resolve_other_member(node, "remove")?;
-        let shown = self.describe_node(id);
+        let described = self.describe_node(id);
         if self
             .view
             .with_membership(|table| table.removed.contains(&id))
         {
-            return Ok(format!("node {shown} was already removed"));
+            return Ok(format!("node {described} was already removed"));
         }
         if self.view.is_up(id) {
             return Err(Status::failed_precondition(format!(
-                "node {shown} is up; removing it would drop its replicas while it still serves. Decommission it with `kv-cli decommission` instead, or stop it first and wait until `kv-cli members` shows it down"
+                "node {described} is up; removing it would drop its replicas while it still serves. Decommission it with `kv-cli decommission` instead, or stop it first and wait until `kv-cli members` shows it down"
             )));
         }
         let ring = self.view.ring();
@@ -82,13 +82,13 @@ impl Node {
             .count();
         if remaining == 0 {
             return Err(Status::failed_precondition(format!(
-                "node {shown} is the last node that owns partitions; removing it would leave no copy of the data"
+                "node {described} is the last node that owns partitions; removing it would leave no copy of the data"
             )));
         }
         self.view.with_membership(|table| table.remove(id));
-        tracing::warn!(node = %shown, "node removed by an operator; its partitions will be rebuilt from the surviving replicas");
+        tracing::warn!(node = %described, "node removed by an operator; its partitions will be rebuilt from the surviving replicas");
         Ok(format!(
-            "node {shown} removed: it can never rejoin with its data directory. The claimant plans its partitions onto the remaining {remaining} node(s), which rebuild them from the surviving replicas; follow with `kv-cli ring` and `kv-cli status`"
+            "node {described} removed: it can never rejoin with its data directory. The claimant plans its partitions onto the remaining {remaining} node(s), which rebuild them from the surviving replicas; follow with `kv-cli ring` and `kv-cli status`"
         ))
     }
 
@@ -96,22 +96,22 @@ impl Node {
     /// readiness and cannot be the claimant.
     pub fn mark_member_down(self: &Arc<Self>, node: &str) -> Result<String, Status> {
         let id = self.resolve_other_member(node, "mark down")?;
-        let shown = self.describe_node(id);
+        let described = self.describe_node(id);
         if self
             .view
             .with_membership(|table| table.marked_down.contains(&id))
         {
-            return Ok(format!("node {shown} was already marked down"));
+            return Ok(format!("node {described} was already marked down"));
         }
         if self.view.is_up(id) {
             return Err(Status::failed_precondition(format!(
-                "node {shown} is up; only a node that this node's failure detector reports down can be marked down. Stop it first, or wait until `kv-cli members` shows it down"
+                "node {described} is up; only a node that this node's failure detector reports down can be marked down. Stop it first, or wait until `kv-cli members` shows it down"
             )));
         }
         self.view.with_membership(|table| table.mark_down(id));
-        tracing::warn!(node = %shown, "node marked down by an operator; ring changes no longer wait for it");
+        tracing::warn!(node = %described, "node marked down by an operator; ring changes no longer wait for it");
         Ok(format!(
-            "node {shown} marked down: ring changes no longer wait for it and it cannot be the claimant. It still owns its partitions; remove it with `kv-cli remove` if it is gone for good"
+            "node {described} marked down: ring changes no longer wait for it and it cannot be the claimant. It still owns its partitions; remove it with `kv-cli remove` if it is gone for good"
         ))
     }
 

@@ -114,7 +114,7 @@ pub struct Config {
     #[arg(long, default_value_t = 1000)]
     pub hint_interval_ms: u64,
 
-    /// Most keys per second this node merges while it receives partitions
+    /// Maximum keys per second this node merges while it receives partitions
     /// during a membership change (join, decommission, remove). Lower keeps
     /// foreground latency steadier; higher finishes the change sooner.
     #[arg(long, default_value_t = 20_000)]

@@ -30,7 +30,8 @@ pub struct Node {
     pub reaper: crate::reaper::Reaper,
     /// Partitions received during a membership change.
     pub transfers: crate::transfer::Transfers,
-    /// Why a planned ring change waits, as the claimant step last saw it.
+    /// Reason a planned ring change waits, as the claimant step last
+    /// computed it; `None` when nothing waits.
     pub waiting_change: std::sync::Mutex<Option<String>>,
     /// Stops the node once it has left the cluster.
     pub leave_signal: tokio::sync::watch::Sender<bool>,

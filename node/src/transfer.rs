@@ -5,7 +5,7 @@
 //! that is a receiver of a moving partition (in its planned list, not in
 //! its current one) takes the partitions one at a time:
 //!
-//! 1. it deletes any copy of the partition it still holds from an earlier
+//! 1. it deletes any copy of the partition it kept from an earlier
 //!    ownership, so a tombstone purged meanwhile cannot be undone by it;
 //! 2. it pages through the whole copy of one old replica (preferably the
 //!    one that leaves the list) and merges every record as a replica write
@@ -95,8 +95,8 @@ impl Transfers {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records that `receiver` holds `partitions` of the plan started at
-    /// `plan_started`.
+    /// Records that `receiver` has received `partitions` of the plan
+    /// started at `plan_started`.
     pub fn record_report(&self, plan_started: u64, receiver: NodeId, partitions: &[u32]) {
         let mut reports = self
             .reports
@@ -172,7 +172,7 @@ impl Node {
                 _ = shutdown.changed() => return,
             }
             tokio::select! {
-                _ = self.drop_copies_not_held() => {}
+                _ = self.drop_copies_not_replicated() => {}
                 _ = shutdown.changed() => return,
             }
             if self.finish_leaving().await {
@@ -649,9 +649,9 @@ impl Node {
         Ok(deleted)
     }
 
-    /// Deletes the copies of partitions this node holds no more, once every
-    /// member announces this node's ring version.
-    async fn drop_copies_not_held(self: &Arc<Self>) {
+    /// Deletes the copies of partitions that are no longer in this node's
+    /// replica sets, once every member announces this node's ring version.
+    async fn drop_copies_not_replicated(self: &Arc<Self>) {
         let (ring, sets) = self.view.ring_and_replica_sets();
         let me = self.node_id();
         let membership = self.view.membership();
@@ -664,10 +664,10 @@ impl Node {
             return;
         }
         for partition in 0..ring.partitions {
-            let held = sets
+            let replicated = sets
                 .get(partition as usize)
                 .is_some_and(|set| set.contains(&me));
-            if held {
+            if replicated {
                 continue;
             }
             let (start, end) = partition_range(partition, ring.partitions);
@@ -688,7 +688,7 @@ impl Node {
                     "deleted the copy of a partition this node no longer holds"
                 ),
                 Err(reason) => {
-                    tracing::warn!(partition, %reason, "cannot delete the copy of a partition this node no longer holds; retrying")
+                    tracing::warn!(partition, %reason, "failed to delete the copy of a partition this node no longer replicates; retrying")
                 }
             }
         }
@@ -696,7 +696,7 @@ impl Node {
 
     /// Ends a decommission: once no partition names this node and every
     /// member has seen that ring, records that the node left and asks the
-    /// process to stop. Returns true when it did.
+    /// process to stop. Returns true when it stopped the node.
     async fn finish_leaving(self: &Arc<Self>) -> bool {
         if self.view.own_status() != MemberStatus::Left {
             return false;
@@ -739,7 +739,8 @@ impl Node {
         true
     }
 
-    /// Progress of the partitions this node receives, for `Status`.
+    /// Returns the progress of the partitions this node receives, for
+    /// `Status`.
     pub fn transfer_status(&self) -> TransferStatus {
         let ring = self.view.ring();
         let state = self.transfers.state();
@@ -771,7 +772,8 @@ impl Node {
         }
     }
 
-    /// Why a planned ring change waits, empty when nothing waits.
+    /// Returns why a planned ring change waits, or an empty string when
+    /// nothing waits.
     pub fn ring_change_waiting(&self) -> String {
         self.waiting_change
             .lock()

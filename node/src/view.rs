@@ -280,16 +280,17 @@ impl ClusterView {
         self.with_membership(|table| table.members.get(&id).cloned())
     }
 
-    /// Marks this node as leaving: its next heartbeat says so, and the
+    /// Marks this node as leaving: its next heartbeat announces it, and the
     /// claimant plans its partitions away.
     pub fn set_leaving(&self) {
         self.leaving
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// This node's status as its heartbeats announce it: leaving once
-    /// decommissioned and left when no partition names it any more;
-    /// otherwise normal when it owns partitions and joining before.
+    /// Returns this node's status as its heartbeats announce it. Once
+    /// decommissioned it is leaving, and left when no partition names it
+    /// any more. Otherwise it is normal when it owns partitions, and
+    /// joining before.
     pub fn own_status(&self) -> MemberStatus {
         let ring = self.ring();
         let in_ring = ring.nodes().contains(&self.node_id);
