@@ -75,52 +75,9 @@ NODE4="${ADDRESSES[3]}"
 echo "building kv-node, kv-cli and kv-bench (release)..."
 (cd "$ROOT" && cargo build --quiet --release -p kv-node -p kv-client -p kv-bench --bins)
 
-WORK="$(mktemp -d -t ringkv-join.XXXXXX)"
-declare -A NODE_PIDS=()
-
-# Stops a node by PID if it is still our kv-node: SIGTERM, SIGKILL after 10 s.
-stop_node() {
-    local pid="$1"
-    is_our_node "$pid" || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do
-        is_our_node "$pid" || return 0
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-}
-
-is_our_node() {
-    kill -0 "$1" 2>/dev/null && grep -q kv-node "/proc/$1/cmdline" 2>/dev/null
-}
-
-cleanup() {
-    for i in "${!NODE_PIDS[@]}"; do
-        stop_node "${NODE_PIDS[$i]}"
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Starts node $1 with the data directory, address and flags it always has.
-start_node() {
-    local i="$1" seeds=()
-    (( i > 1 )) && seeds=(--seeds "$NODE1")
-    # shellcheck disable=SC2086
-    "$BIN/kv-node" --data-dir "$WORK/node-$i" --listen "${ADDRESSES[$((i - 1))]}" \
-        "${seeds[@]}" $NODE_ARGS >>"$WORK/node-$i.log" 2>&1 </dev/null &
-    NODE_PIDS[$i]=$!
-}
-
-fail() {
-    echo "error: $1" >&2
-    for i in 1 2 3 4; do
-        echo "--- last lines of node-$i.log ---" >&2
-        tail -n 5 "$WORK/node-$i.log" >&2 2>/dev/null || true
-    done
-    exit 1
-}
+WORK_PREFIX=ringkv-join
+# shellcheck source=scripts/lib/nodes.sh
+source "$ROOT/scripts/lib/nodes.sh"
 
 
 
